@@ -1,0 +1,258 @@
+"""Intake: classify each change of a proposal by the policy and store it all in one transaction.
+
+Nothing here talks to the CRM: intake answers fast, and the committer does the CRM work after.
+The answer is stored with the idempotency key, so a replay gets exactly the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.domain import (
+    ChangeKind,
+    ChangeOut,
+    ChangeStatus,
+    Mode,
+    ProposalAccepted,
+    ProposalIn,
+    Tier,
+)
+from bot.engine.values import preview
+from bot.ledger.repo import Agent, AuditEvent, Ledger, StoredResponse, canonical_json, new_id
+from bot.policy import Policy, Rule
+
+
+class ProposalRejected(Exception):
+    """The proposal as a whole is unacceptable (HTTP 4xx); nothing is stored."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def request_hash(body: Any) -> str:
+    """Fingerprint of a request body: the same JSON, however spaced or ordered, hashes the same."""
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: ChangeKind
+    field: str
+    rule: Rule
+    status: ChangeStatus
+    reason: str | None
+    proposed: Any
+
+
+class Intake:
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: Policy,
+        crm: str,
+        *,
+        max_changes: int,
+        on_queued: Callable[[], None] = lambda: None,
+        on_alert: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.ledger = ledger
+        self.policy = policy
+        self.crm = crm  # the policy section: hubspot or salesforce
+        self.max_changes = max_changes
+        self.on_queued = on_queued
+        self.on_alert = on_alert
+
+    def check(self, proposal: ProposalIn) -> None:
+        """Whole-proposal checks that pydantic cannot make; raise ProposalRejected."""
+        if self.policy.object(self.crm, proposal.object) is None:
+            known = ", ".join(sorted(self.policy.objects.get(self.crm, {}))) or "none"
+            raise ProposalRejected(
+                422,
+                "unknown_object",
+                f"unknown object {proposal.object!r} for {self.crm} (known: {known})",
+                "object",
+            )
+        count = len(proposal.changes) + len(proposal.activities)
+        if count == 0:
+            raise ProposalRejected(
+                422, "empty_proposal", "the proposal has no changes and no activities", "changes"
+            )
+        if count > self.max_changes:
+            raise ProposalRejected(
+                422,
+                "too_many_changes",
+                f"{count} changes in one proposal; at most {self.max_changes} are allowed",
+                "changes",
+            )
+        for name in proposal.observed or {}:
+            if name not in proposal.changes:
+                raise ProposalRejected(
+                    422,
+                    "observed_without_change",
+                    f"observed.{name} is given but {name!r} is not among the changes",
+                    f"observed.{name}",
+                )
+
+    def classify(self, proposal: ProposalIn) -> list[Classified]:
+        out = []
+        for name, value in proposal.changes.items():
+            rule = self.policy.classify(self.crm, proposal.object, name)
+            out.append(self._classified(ChangeKind.FIELD, name, rule, value, proposal.object))
+        for activity in proposal.activities:
+            rule = self.policy.classify_activity(self.crm, proposal.object, activity.kind)
+            body = activity.model_dump(exclude_none=True)
+            out.append(
+                self._classified(ChangeKind.ACTIVITY, activity.kind, rule, body, proposal.object)
+            )
+        return out
+
+    def _classified(
+        self, kind: ChangeKind, name: str, rule: Rule, value: Any, object_type: str
+    ) -> Classified:
+        what = f"{'activity' if kind == ChangeKind.ACTIVITY else 'field'} {name!r} of {object_type}"
+        if rule.tier == Tier.READ_ONLY:
+            status, reason = (
+                ChangeStatus.REFUSED,
+                f"{what} is read_only: tiers.yaml does not allow agents to write it",
+            )
+        elif rule.mode == Mode.SHADOW:
+            status, reason = ChangeStatus.SHADOWED, f"{what} is in shadow mode: logged, not written"
+        elif rule.tier == Tier.NEVER_AUTONOMOUS:
+            status, reason = (
+                ChangeStatus.BLOCKED,
+                f"{what} is never_autonomous: only a person may change it",
+            )
+        elif rule.tier == Tier.REVIEWED:
+            status, reason = ChangeStatus.PENDING_REVIEW, None
+        else:
+            status, reason = ChangeStatus.QUEUED, None
+        return Classified(kind, name, rule, status, reason, value)
+
+    async def submit(
+        self, agent: Agent, key: str, body: dict[str, Any], proposal: ProposalIn
+    ) -> StoredResponse:
+        """Store a validated proposal (or find the earlier answer for this key)."""
+        fingerprint = request_hash(body)
+        replay = await self.ledger.replay(agent.id, key, fingerprint)
+        if replay is not None:
+            return replay
+        self.check(proposal)
+        classified = self.classify(proposal)
+        proposal_id = new_id("prp")
+        observed = proposal.observed or {}
+        change_rows: list[dict[str, Any]] = []
+        outs: list[ChangeOut] = []
+        events = [
+            AuditEvent(
+                "proposal.received",
+                f"agent:{agent.name}",
+                proposal_id,
+                data={
+                    "object": proposal.object,
+                    "record_id": proposal.record_id,
+                    "changes": len(proposal.changes),
+                    "activities": len(proposal.activities),
+                    "run_id": proposal.run_id,
+                    "idempotency_key": key,
+                },
+            )
+        ]
+        alert_rows = []
+        for seq, item in enumerate(classified):
+            change_id = new_id("chg")
+            change_rows.append(
+                {
+                    "id": change_id,
+                    "proposal_id": proposal_id,
+                    "seq": seq,
+                    "kind": item.kind.value,
+                    "field": item.field,
+                    "tier": item.rule.tier.value,
+                    "mode": item.rule.mode.value,
+                    "status": item.status.value,
+                    "reason": item.reason,
+                    "proposed": item.proposed,
+                    "has_observed": item.field in observed and item.kind == ChangeKind.FIELD,
+                    "observed": observed.get(item.field) if item.kind == ChangeKind.FIELD else None,
+                    "attempts": 0,
+                }
+            )
+            outs.append(
+                ChangeOut(
+                    id=change_id,
+                    kind=item.kind,
+                    field=item.field,
+                    tier=item.rule.tier,
+                    mode=item.rule.mode,
+                    status=item.status,
+                    reason=item.reason,
+                )
+            )
+            events.append(
+                AuditEvent(
+                    "change.blocked"
+                    if item.status == ChangeStatus.BLOCKED
+                    else "change.classified",
+                    "policy",
+                    proposal_id,
+                    change_id,
+                    {
+                        "field": item.field,
+                        "tier": item.rule.tier.value,
+                        "mode": item.rule.mode.value,
+                        "status": item.status.value,
+                    },
+                )
+            )
+            if item.status == ChangeStatus.BLOCKED:
+                alert_rows.append(
+                    {
+                        "id": new_id("alr"),
+                        "kind": "blocked",
+                        "text": (
+                            f":no_entry: Blocked a never_autonomous write: agent *{agent.name}* tried to set "
+                            f"`{item.field}` on {proposal.object} {proposal.record_id} to "
+                            f"`{preview(item.proposed)}`."
+                            + (
+                                f" Agent's reason: {preview(proposal.reason, 300)}"
+                                if proposal.reason
+                                else ""
+                            )
+                            + f" (proposal {proposal_id})"
+                        ),
+                    }
+                )
+        answer = ProposalAccepted(id=proposal_id, changes=outs).model_dump(mode="json")
+        stored = await self.ledger.record_proposal(
+            agent_id=agent.id,
+            key=key,
+            request_hash=fingerprint,
+            proposal={
+                "id": proposal_id,
+                "agent_id": agent.id,
+                "crm": self.crm,
+                "object_type": proposal.object,
+                "record_id": proposal.record_id,
+                "reason": proposal.reason,
+                "evidence": list(proposal.evidence),
+                "run_id": proposal.run_id,
+                "callback_url": proposal.callback_url,
+            },
+            change_rows=change_rows,
+            events=events,
+            alert_rows=alert_rows,
+            status=202,
+            body=answer,
+        )
+        if not stored.replayed and any(i.status == ChangeStatus.QUEUED for i in classified):
+            self.on_queued()
+        if not stored.replayed and alert_rows:
+            self.on_alert()
+        return stored

@@ -1,0 +1,146 @@
+"""The two ports through which the engine reaches the outside world.
+
+`CRM` is implemented by `bot.crm.hubspot`, `bot.crm.salesforce` (and the sandbox, which is the
+HubSpot adapter pointed at the in-process HubSpot stand-in). `Notifier` is implemented by the
+Slack face. The engine imports neither Slack nor any CRM client library: only these protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class CRMErrorKind(StrEnum):
+    """The small set of outcomes the engine understands, whatever the vendor said."""
+
+    NOT_FOUND = "not_found"  # the record (or activity) does not exist
+    VALIDATION = "validation"  # the CRM refused the value; `message` is the CRM's own words
+    RATE_LIMITED = "rate_limited"  # 429 / REQUEST_LIMIT_EXCEEDED; `retry_after` when given
+    UNAUTHORIZED = "unauthorized"  # bad or expired token, missing scope
+    TRANSIENT = "transient"  # 5xx, timeout, connection error: the outcome of a write is unknown
+
+
+class CRMError(Exception):
+    """A CRM call failed. `message` carries the CRM's own text so it can reach the ledger."""
+
+    def __init__(
+        self,
+        kind: CRMErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{kind.value}: {message}")
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in (CRMErrorKind.RATE_LIMITED, CRMErrorKind.TRANSIENT)
+
+
+@dataclass(frozen=True)
+class FieldOption:
+    value: str
+    label: str
+
+
+@dataclass(frozen=True)
+class FieldSchema:
+    """One field as the CRM describes it.
+
+    `type` is one of: string, text (long text), number, date, datetime, enumeration, bool.
+    """
+
+    name: str
+    label: str
+    type: str
+    writable: bool
+    options: tuple[FieldOption, ...] = ()
+
+
+@dataclass
+class RecordState:
+    """Current values of some fields of one record, as the CRM returned them."""
+
+    record_id: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The CRM user who owns a record."""
+
+    id: str
+    email: str | None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Activity:
+    """A note or a task to create on a record."""
+
+    kind: str  # "note" | "task"
+    body: str
+    subject: str | None = None
+    due: str | None = None  # ISO 8601 date or datetime, tasks only
+
+
+class CRM(Protocol):
+    """What the engine needs from a CRM. Every method is batch-first.
+
+    Methods raise `CRMError` when the call as a whole failed. Per-record outcomes of a batch
+    write are returned, so one bad record never fails its neighbours.
+    """
+
+    kind: str  # "hubspot" | "salesforce"
+
+    async def read_records(
+        self, object_type: str, record_ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, RecordState]:
+        """Current values of `fields` for each record; records that do not exist are absent."""
+        ...
+
+    async def update_records(
+        self, object_type: str, updates: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, CRMError | None]:
+        """Write `{record_id: {field: value}}`; one entry per record: None on success."""
+        ...
+
+    async def read_owners(
+        self, object_type: str, record_ids: Sequence[str], owner_field: str
+    ) -> dict[str, Owner]:
+        """The owner of each record (records without an owner are absent)."""
+        ...
+
+    async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
+        """Create a note or task associated with the record; returns the activity's id."""
+        ...
+
+    async def delete_activity(self, kind: str, activity_id: str) -> None:
+        """Delete (or archive) an activity created earlier. Missing activity: CRMError NOT_FOUND."""
+        ...
+
+    async def describe(self, object_type: str) -> dict[str, FieldSchema]:
+        """The object's fields, keyed by API name."""
+        ...
+
+    def record_url(self, object_type: str, record_id: str) -> str:
+        """A link a person can open to see the record in the CRM."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Notifier(Protocol):
+    """How the engine reaches people. The Slack face implements it."""
+
+    async def post_alert(self, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+        """Post one message to the alerts channel."""
+        ...

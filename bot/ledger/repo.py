@@ -1,0 +1,533 @@
+"""The ledger's repository: every read and write the engine makes to the database.
+
+Each public method is one transaction. State changes are compare-and-set (`UPDATE ... WHERE
+status = ...`) so that two replicas, or two clicks, can never both win. Every state change
+appends a hash-chained audit event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.domain import ChangeStatus
+from bot.ledger.tables import agents, alerts, audit_events, changes, idempotency_keys, proposals
+
+GENESIS = "0" * 64
+AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered, unguessable ids: prefix, milliseconds, randomness."""
+    return f"{prefix}_{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    name: str
+    key_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    kind: str
+    actor: str
+    proposal_id: str | None = None
+    change_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+class IdempotencyMismatch(Exception):
+    """The key was used before with another request body."""
+
+
+@dataclass
+class ChangeWork:
+    """A change the committer holds a lease on, with what it needs from its proposal."""
+
+    id: str
+    proposal_id: str
+    kind: str
+    field: str
+    status: ChangeStatus
+    crm: str
+    object_type: str
+    record_id: str
+    agent: str
+    proposed: Any
+    has_observed: bool
+    observed: Any
+    has_shown: bool
+    shown: Any
+    approved: Any
+    decided: bool
+    before_captured: bool
+    before: Any
+    attempts: int
+
+    @property
+    def target(self) -> Any:
+        """What to write: the reviewer's approved value when a reviewer decided."""
+        return self.approved if self.decided else self.proposed
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def event_hash(prev_hash: str, at: datetime, row: AuditEvent) -> str:
+    body = canonical_json(
+        {
+            "prev": prev_hash,
+            "at": _ts(at),
+            "actor": row.actor,
+            "kind": row.kind,
+            "proposal_id": row.proposal_id,
+            "change_id": row.change_id,
+            "data": row.data,
+        }
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- audit ---------------------------------------------------------------------------------
+    async def _append_audit(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> None:
+        if not events:
+            return
+        if self.dialect == "postgresql":
+            # The chain needs one writer at a time; held only until this transaction commits.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7202)"))
+        prev = await conn.scalar(
+            select(audit_events.c.hash).order_by(audit_events.c.id.desc()).limit(1)
+        )
+        prev = prev or GENESIS
+        now = utcnow()
+        rows = []
+        for event in events:
+            digest = event_hash(prev, now, event)
+            rows.append(
+                {
+                    "at": now,
+                    "actor": event.actor,
+                    "kind": event.kind,
+                    "proposal_id": event.proposal_id,
+                    "change_id": event.change_id,
+                    "data": event.data,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+        await conn.execute(audit_events.insert(), rows)
+
+    async def audit(self, *events: AuditEvent) -> None:
+        async with self.engine.begin() as conn:
+            await self._append_audit(conn, events)
+
+    async def audit_events(self, *, since: datetime | None = None) -> list[dict[str, Any]]:
+        query = select(audit_events).order_by(audit_events.c.id)
+        if since is not None:
+            query = query.where(audit_events.c.at >= since)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def verify_audit(self) -> tuple[int, dict[str, Any] | None]:
+        """Walk the chain; return (events checked, first broken event or None)."""
+        prev = GENESIS
+        checked = 0
+        async with self.engine.connect() as conn:
+            result = await conn.stream(select(audit_events).order_by(audit_events.c.id))
+            async for row in result:
+                r = row._mapping
+                event = AuditEvent(
+                    r["kind"], r["actor"], r["proposal_id"], r["change_id"], r["data"]
+                )
+                if r["prev_hash"] != prev or event_hash(prev, r["at"], event) != r["hash"]:
+                    return checked, dict(r)
+                prev = r["hash"]
+                checked += 1
+        return checked, None
+
+    # --- agents --------------------------------------------------------------------------------
+    async def create_agent(self, name: str, *, replace: bool = False) -> tuple[Agent, str]:
+        """A new agent and its key (only the key's hash is stored). With `replace`, an existing
+        agent of that name gets a fresh key instead (the sandbox does this at each start)."""
+        if not AGENT_NAME.match(name):
+            raise ValueError(f"agent name {name!r}: use 1-100 letters, digits, '.', '_' or '-'")
+        key = "gk_" + secrets.token_urlsafe(32)
+        agent = Agent(new_id("agt"), name, key[:10], utcnow(), None)
+        async with self.engine.begin() as conn:
+            existing = await conn.scalar(select(agents.c.id).where(agents.c.name == name))
+            if existing and replace:
+                await conn.execute(
+                    update(agents)
+                    .where(agents.c.id == existing)
+                    .values(key_hash=hash_key(key), key_prefix=agent.key_prefix, revoked_at=None)
+                )
+                await self._append_audit(
+                    conn, [AuditEvent("agent.key_rotated", "system", data={"agent": name})]
+                )
+                return Agent(existing, name, agent.key_prefix, agent.created_at, None), key
+            if existing:
+                raise ValueError(f"an agent named {name!r} already exists")
+            await conn.execute(
+                agents.insert().values(
+                    id=agent.id,
+                    name=name,
+                    key_hash=hash_key(key),
+                    key_prefix=agent.key_prefix,
+                    created_at=agent.created_at,
+                )
+            )
+            await self._append_audit(
+                conn, [AuditEvent("agent.created", "cli", data={"agent": name})]
+            )
+        return agent, key
+
+    async def list_agents(self) -> list[Agent]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(agents).order_by(agents.c.created_at))
+            return [Agent(r.id, r.name, r.key_prefix, r.created_at, r.revoked_at) for r in rows]
+
+    async def revoke_agent(self, name: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(agents)
+                .where(agents.c.name == name, agents.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            if result.rowcount:
+                await self._append_audit(
+                    conn, [AuditEvent("agent.revoked", "cli", data={"agent": name})]
+                )
+            return bool(result.rowcount)
+
+    async def agent_by_key(self, key: str) -> Agent | None:
+        async with self.engine.connect() as conn:
+            r = (
+                await conn.execute(
+                    select(agents).where(
+                        agents.c.key_hash == hash_key(key), agents.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        return Agent(r.id, r.name, r.key_prefix, r.created_at, r.revoked_at) if r else None
+
+    # --- intake --------------------------------------------------------------------------------
+    async def _stored_response(
+        self, conn: AsyncConnection, agent_id: str, key: str, request_hash: str
+    ) -> StoredResponse | None:
+        row = (
+            await conn.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.agent_id == agent_id, idempotency_keys.c.key == key
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.request_hash != request_hash:
+            raise IdempotencyMismatch(key)
+        return StoredResponse(row.response_status, row.response_body, replayed=True)
+
+    async def replay(self, agent_id: str, key: str, request_hash: str) -> StoredResponse | None:
+        async with self.engine.connect() as conn:
+            return await self._stored_response(conn, agent_id, key, request_hash)
+
+    async def record_proposal(
+        self,
+        *,
+        agent_id: str,
+        key: str,
+        request_hash: str,
+        proposal: dict[str, Any],
+        change_rows: list[dict[str, Any]],
+        events: list[AuditEvent],
+        alert_rows: list[dict[str, Any]],
+        status: int,
+        body: dict[str, Any],
+    ) -> StoredResponse:
+        """Store a proposal, its changes, its idempotency key and its answer in one transaction,
+        or return the answer stored earlier under the same key."""
+        now = utcnow()
+        try:
+            async with self.engine.begin() as conn:
+                stored = await self._stored_response(conn, agent_id, key, request_hash)
+                if stored is not None:
+                    return stored
+                await conn.execute(proposals.insert().values(**proposal, created_at=now))
+                await conn.execute(
+                    changes.insert(),
+                    [{**row, "created_at": now, "updated_at": now} for row in change_rows],
+                )
+                await conn.execute(
+                    idempotency_keys.insert().values(
+                        agent_id=agent_id,
+                        key=key,
+                        request_hash=request_hash,
+                        proposal_id=proposal["id"],
+                        response_status=status,
+                        response_body=body,
+                        created_at=now,
+                    )
+                )
+                if alert_rows:
+                    await conn.execute(
+                        alerts.insert(),
+                        [{**row, "created_at": now, "attempts": 0} for row in alert_rows],
+                    )
+                await self._append_audit(conn, events)
+        except IntegrityError:
+            # A concurrent request with the same key won the race: answer what it stored.
+            async with self.engine.connect() as conn:
+                stored = await self._stored_response(conn, agent_id, key, request_hash)
+            if stored is None:
+                raise
+            return stored
+        return StoredResponse(status, body, replayed=False)
+
+    # --- reading proposals ---------------------------------------------------------------------
+    async def proposal(self, proposal_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(proposals, agents.c.name.label("agent"))
+                    .join(agents, agents.c.id == proposals.c.agent_id)
+                    .where(proposals.c.id == proposal_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            rows = await conn.execute(
+                select(changes).where(changes.c.proposal_id == proposal_id).order_by(changes.c.seq)
+            )
+            result = dict(row._mapping)
+            result["changes"] = [dict(r._mapping) for r in rows]
+            return result
+
+    async def changes_by_status(self, *statuses: ChangeStatus) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(changes)
+                .where(changes.c.status.in_([s.value for s in statuses]))
+                .order_by(changes.c.created_at)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    # --- the committer -------------------------------------------------------------------------
+    async def claim_changes(self, owner: str, limit: int, lease: timedelta) -> list[ChangeWork]:
+        """Lease up to `limit` changes to commit: queued ones, and committing ones whose lease ran
+        out (a crash mid-commit) for recovery. Safe with many replicas (SKIP LOCKED)."""
+        now = utcnow()
+        claimable = or_(
+            and_(
+                changes.c.status == ChangeStatus.QUEUED.value,
+                or_(changes.c.lease_expires.is_(None), changes.c.lease_expires < now),
+            ),
+            and_(changes.c.status == ChangeStatus.COMMITTING.value, changes.c.lease_expires < now),
+        )
+        candidates = (
+            select(changes.c.id)
+            .where(claimable)
+            .order_by(changes.c.created_at, changes.c.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as conn:
+            ids = [r[0] for r in await conn.execute(candidates)]
+            if not ids:
+                return []
+            await conn.execute(
+                update(changes)
+                .where(changes.c.id.in_(ids), claimable)
+                .values(
+                    lease_owner=owner, lease_expires=now + lease, attempts=changes.c.attempts + 1
+                )
+            )
+            rows = await conn.execute(
+                select(
+                    changes,
+                    proposals.c.crm,
+                    proposals.c.object_type,
+                    proposals.c.record_id,
+                    agents.c.name.label("agent"),
+                )
+                .join(proposals, proposals.c.id == changes.c.proposal_id)
+                .join(agents, agents.c.id == proposals.c.agent_id)
+                .where(changes.c.id.in_(ids), changes.c.lease_owner == owner)
+                .order_by(changes.c.created_at, changes.c.seq)
+            )
+            return [
+                ChangeWork(
+                    id=r.id,
+                    proposal_id=r.proposal_id,
+                    kind=r.kind,
+                    field=r.field,
+                    status=ChangeStatus(r.status),
+                    crm=r.crm,
+                    object_type=r.object_type,
+                    record_id=r.record_id,
+                    agent=r.agent,
+                    proposed=r.proposed,
+                    has_observed=r.has_observed,
+                    observed=r.observed,
+                    has_shown=r.has_shown,
+                    shown=r.shown,
+                    approved=r.approved,
+                    decided=r.decided_at is not None,
+                    before_captured=r.before_captured,
+                    before=r.before,
+                    attempts=r.attempts,
+                )
+                for r in rows
+            ]
+
+    async def release(self, change_ids: Iterable[str], owner: str, *, delay: timedelta) -> None:
+        """Give back leases without a state change; the change is claimable again after `delay`."""
+        ids = list(change_ids)
+        if not ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(changes)
+                .where(changes.c.id.in_(ids), changes.c.lease_owner == owner)
+                .values(lease_expires=utcnow() + delay)
+            )
+
+    async def transition(
+        self,
+        updates: Sequence[
+            tuple[str, ChangeStatus, ChangeStatus, dict[str, Any], AuditEvent | None]
+        ],
+        *,
+        owner: str | None = None,
+        alert_rows: Sequence[dict[str, Any]] = (),
+    ) -> list[str]:
+        """Compare-and-set many changes at once: (id, from, to, values, audit event).
+        Returns the ids that moved; a change no longer in `from` (or leased by someone else) is
+        left alone and its event is not written."""
+        moved: list[str] = []
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            events = []
+            for change_id, old, new, values, event in updates:
+                where = [changes.c.id == change_id, changes.c.status == old.value]
+                if owner is not None:
+                    where.append(changes.c.lease_owner == owner)
+                result = await conn.execute(
+                    update(changes).where(*where).values(status=new.value, updated_at=now, **values)
+                )
+                if result.rowcount:
+                    moved.append(change_id)
+                    if event is not None:
+                        events.append(event)
+            if alert_rows:
+                await conn.execute(
+                    alerts.insert(),
+                    [{**row, "created_at": now, "attempts": 0} for row in alert_rows],
+                )
+            await self._append_audit(conn, events)
+        return moved
+
+    # --- alerts outbox -------------------------------------------------------------------------
+    async def claim_alerts(self, owner: str, limit: int, lease: timedelta) -> list[dict[str, Any]]:
+        now = utcnow()
+        claimable = and_(
+            alerts.c.sent_at.is_(None),
+            or_(alerts.c.lease_expires.is_(None), alerts.c.lease_expires < now),
+        )
+        async with self.engine.begin() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(alerts.c.id)
+                    .where(claimable)
+                    .order_by(alerts.c.created_at, alerts.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ]
+            if not ids:
+                return []
+            await conn.execute(
+                update(alerts)
+                .where(alerts.c.id.in_(ids), claimable)
+                .values(
+                    lease_owner=owner, lease_expires=now + lease, attempts=alerts.c.attempts + 1
+                )
+            )
+            rows = await conn.execute(
+                select(alerts)
+                .where(alerts.c.id.in_(ids), alerts.c.lease_owner == owner)
+                .order_by(alerts.c.created_at, alerts.c.id)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def alerts_sent(self, ids: Sequence[str], owner: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(alerts)
+                .where(alerts.c.id.in_(list(ids)), alerts.c.lease_owner == owner)
+                .values(sent_at=utcnow())
+            )
+
+    async def alerts_failed(
+        self, ids: Sequence[str], owner: str, error: str, retry_in: timedelta
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(alerts)
+                .where(alerts.c.id.in_(list(ids)), alerts.c.lease_owner == owner)
+                .values(last_error=error[:2000], lease_expires=utcnow() + retry_in)
+            )
+
+    async def unsent_alerts(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(
+                await conn.scalar(select(func.count()).where(alerts.c.sent_at.is_(None))) or 0
+            )
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))

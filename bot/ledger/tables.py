@@ -1,0 +1,183 @@
+"""The ledger's tables. The schema states its invariants (unique keys, allowed states) so the
+database, not hope, enforces them. Migrations in `migrations/versions` create exactly this.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+from bot.domain import ChangeKind, ChangeStatus, Mode, Tier
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _in(column: str, values: list[str]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which stores no zone) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Ts = UTCDateTime()
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_prefix", String(16), nullable=False),
+    Column("created_at", Ts, nullable=False),
+    Column("revoked_at", Ts),
+)
+
+proposals = Table(
+    "proposals",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("agent_id", String(40), ForeignKey("agents.id"), nullable=False),
+    Column("crm", String(20), nullable=False),
+    Column("object_type", String(100), nullable=False),
+    Column("record_id", String(64), nullable=False),
+    Column("reason", Text),
+    Column("evidence", JSON, nullable=False),
+    Column("run_id", String(200)),
+    Column("callback_url", Text),
+    Column("created_at", Ts, nullable=False),
+    Index("ix_proposals_run", "run_id"),
+    Index("ix_proposals_agent_created", "agent_id", "created_at"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("agent_id", String(40), ForeignKey("agents.id"), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("proposal_id", String(40), ForeignKey("proposals.id"), nullable=False),
+    Column("response_status", Integer, nullable=False),
+    Column("response_body", JSON, nullable=False),
+    Column("created_at", Ts, nullable=False),
+    PrimaryKeyConstraint("agent_id", "key"),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("proposal_id", String(40), ForeignKey("proposals.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("field", String(100), nullable=False),
+    Column("tier", String(20), nullable=False),
+    Column("mode", String(10), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("reason", Text),  # why refused / blocked
+    Column("proposed", JSON),
+    Column("has_observed", Boolean, nullable=False, default=False),
+    Column("observed", JSON),
+    Column("has_shown", Boolean, nullable=False, default=False),
+    Column("shown", JSON),  # the current value a reviewer was shown; a change since is a conflict
+    Column("approved", JSON),  # the value a reviewer approved (differs from proposed after Edit)
+    Column("before_captured", Boolean, nullable=False, default=False),
+    Column("before", JSON),  # the before-image
+    Column("written", JSON),
+    Column("error", Text),
+    Column("activity_id", String(64)),
+    Column("reverts_change_id", String(40), ForeignKey("changes.id")),
+    Column("decided_by", String(100)),
+    Column("decided_at", Ts),
+    Column("committed_at", Ts),
+    Column("lease_owner", String(64)),
+    Column("lease_expires", Ts),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Ts, nullable=False),
+    Column("updated_at", Ts, nullable=False),
+    UniqueConstraint("proposal_id", "seq"),
+    CheckConstraint(_in("status", [s.value for s in ChangeStatus]), name="status"),
+    CheckConstraint(_in("kind", [k.value for k in ChangeKind]), name="kind"),
+    CheckConstraint(_in("tier", [t.value for t in Tier]), name="tier"),
+    CheckConstraint(_in("mode", [m.value for m in Mode]), name="mode"),
+    # A committed write always has its before-image.
+    CheckConstraint("status <> 'committed' OR before_captured", name="committed_has_before"),
+    Index("ix_changes_status_lease", "status", "lease_expires"),
+    Index("ix_changes_reverts", "reverts_change_id"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", Ts, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("kind", String(50), nullable=False),
+    Column("proposal_id", String(40)),
+    Column("change_id", String(40)),
+    Column("data", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Index("ix_audit_proposal", "proposal_id"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", Ts, nullable=False),
+    Column("kind", String(50), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("blocks", JSON),
+    Column("sent_at", Ts),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("lease_owner", String(64)),
+    Column("lease_expires", Ts),
+    Index("ix_alerts_unsent", "sent_at", "created_at"),
+)

@@ -1,0 +1,134 @@
+"""The ledger on SQLite and PostgreSQL: migrations, agents, idempotent intake, compare-and-set,
+leases, and the hash-chained audit trail."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from bot.domain import ChangeStatus
+from bot.ledger.db import current_revision
+from bot.ledger.repo import AuditEvent, IdempotencyMismatch, new_id
+from bot.ledger.tables import audit_events, changes
+
+
+async def test_migrations_are_applied_and_idempotent(ledger):
+    from bot.ledger.db import upgrade
+
+    assert await current_revision(ledger.engine) == "0001"
+    await upgrade(ledger.engine)  # a second replica starting finds nothing to do
+    assert await current_revision(ledger.engine) == "0001"
+
+
+async def test_agents_keys_are_hashed_and_revocable(ledger):
+    agent, key = await ledger.create_agent("enricher")
+    assert key.startswith("gk_") and len(key) > 40
+    assert (await ledger.agent_by_key(key)).id == agent.id
+    assert await ledger.agent_by_key(key + "x") is None
+    rows = await ledger.list_agents()
+    assert [a.name for a in rows] == ["enricher"]
+    async with ledger.engine.connect() as conn:
+        stored = (await conn.exec_driver_sql("SELECT key_hash FROM agents")).scalar_one()
+    assert key not in stored and len(stored) == 64
+    with pytest.raises(ValueError, match="already exists"):
+        await ledger.create_agent("enricher")
+    with pytest.raises(ValueError, match="agent name"):
+        await ledger.create_agent("bad name; drop table")
+    assert await ledger.revoke_agent("enricher")
+    assert await ledger.agent_by_key(key) is None
+    assert not await ledger.revoke_agent("enricher")
+
+
+def _proposal(agent_id: str):
+    pid = new_id("prp")
+    proposal = {
+        "id": pid, "agent_id": agent_id, "crm": "hubspot", "object_type": "deals", "record_id": "1",
+        "reason": None, "evidence": [], "run_id": None, "callback_url": None,
+    }
+    rows = [{
+        "id": new_id("chg"), "proposal_id": pid, "seq": 0, "kind": "field", "field": "description",
+        "tier": "autonomous", "mode": "live", "status": "queued", "proposed": "x", "has_observed": False,
+        "attempts": 0,
+    }]
+    return proposal, rows
+
+
+async def _record(ledger, agent, key, fingerprint="h1"):
+    proposal, rows = _proposal(agent.id)
+    return await ledger.record_proposal(
+        agent_id=agent.id, key=key, request_hash=fingerprint, proposal=proposal, change_rows=rows,
+        events=[AuditEvent("proposal.received", "agent:a", proposal["id"])], alert_rows=[],
+        status=202, body={"id": proposal["id"]},
+    )
+
+
+async def test_idempotency_key_replays_and_refuses_other_bodies(ledger):
+    agent, _ = await ledger.create_agent("a")
+    first = await _record(ledger, agent, "k1")
+    again = await _record(ledger, agent, "k1")
+    assert not first.replayed and again.replayed and again.body == first.body
+    with pytest.raises(IdempotencyMismatch):
+        await _record(ledger, agent, "k1", fingerprint="other")
+    # keys are scoped per agent
+    other, _ = await ledger.create_agent("b")
+    assert not (await _record(ledger, other, "k1")).replayed
+
+
+async def test_concurrent_replays_store_one_proposal(ledger):
+    agent, _ = await ledger.create_agent("a")
+    results = await asyncio.gather(*[_record(ledger, agent, "same") for _ in range(10)])
+    assert len({r.body["id"] for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    async with ledger.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM proposals")).scalar_one() == 1
+
+
+async def test_transition_is_compare_and_set(ledger):
+    agent, _ = await ledger.create_agent("a")
+    stored = await _record(ledger, agent, "k")
+    change_id = (await ledger.proposal(stored.body["id"]))["changes"][0]["id"]
+    move = (change_id, ChangeStatus.QUEUED, ChangeStatus.FAILED, {"error": "x"}, AuditEvent("t", "test"))
+    results = await asyncio.gather(*[ledger.transition([move]) for _ in range(5)])
+    assert sum(len(r) for r in results) == 1
+    events = [e for e in await ledger.audit_events() if e["kind"] == "t"]
+    assert len(events) == 1
+
+
+async def test_leases_never_hand_one_change_to_two_replicas(ledger):
+    agent, _ = await ledger.create_agent("a")
+    for i in range(30):
+        await _record(ledger, agent, f"k{i}")
+    claims = await asyncio.gather(
+        *[ledger.claim_changes(f"replica-{n}", 7, timedelta(seconds=30)) for n in range(6)]
+    )
+    ids = [w.id for claim in claims for w in claim]
+    assert len(ids) == len(set(ids)) == 30
+    # Leased work is invisible to others until its lease is given back or runs out.
+    assert await ledger.claim_changes("replica-x", 100, timedelta(seconds=30)) == []
+    given_back = [w.id for w in claims[0]]
+    await ledger.release(given_back, "replica-0", delay=timedelta(0))
+    await ledger.release([w.id for w in claims[1]], "not-the-owner", delay=timedelta(0))
+    again = await ledger.claim_changes("replica-x", 100, timedelta(seconds=30))
+    assert sorted(w.id for w in again) == sorted(given_back)
+
+
+async def test_audit_chain_verifies_and_detects_an_edit(ledger):
+    agent, _ = await ledger.create_agent("a")
+    for i in range(5):
+        await _record(ledger, agent, f"k{i}")
+    checked, broken = await ledger.verify_audit()
+    assert broken is None and checked == 6  # agent.created + 5 proposals
+    async with ledger.engine.begin() as conn:
+        await conn.execute(update(audit_events).where(audit_events.c.id == 3).values(actor="someone-else"))
+    checked, broken = await ledger.verify_audit()
+    assert broken is not None and broken["id"] == 3 and checked == 2
+
+
+async def test_committed_change_must_have_a_before_image(ledger):
+    agent, _ = await ledger.create_agent("a")
+    stored = await _record(ledger, agent, "k")
+    change_id = (await ledger.proposal(stored.body["id"]))["changes"][0]["id"]
+    with pytest.raises(Exception, match="(?i)check"):
+        async with ledger.engine.begin() as conn:
+            await conn.execute(update(changes).where(changes.c.id == change_id).values(status="committed"))
