@@ -120,7 +120,8 @@ class StandIn:
                 self._window.popleft()
             if len(self._window) >= self.faults.rate_limit:
                 self.rate_limited += 1
-                return self.rate_limited_response(self._window[0] + self.faults.rate_window - now)
+                oldest = self._window[0] if self._window else now
+                return self.rate_limited_response(oldest + self.faults.rate_window - now)
             self._window.append(now)
         for failure in list(self.faults.failures):
             if request.path.startswith(failure.path_prefix):

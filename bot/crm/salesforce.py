@@ -1,0 +1,485 @@
+"""The Salesforce adapter: the engine's `CRM` port over simple-salesforce's REST client.
+
+simple-salesforce is synchronous (requests), so every call runs on this adapter's own thread pool.
+Reads are SOQL `WHERE Id IN (...)` queries; writes are sObject Collections updates
+(`PATCH composite/sobjects`, `allOrNone: false`, 200 records a request) whose per-record results
+become per-record `CRMError`s. Nothing untrusted is ever interpolated into SOQL: object types and
+field names must be API names, record ids must be 15/18 alphanumerics, and anything else is
+refused before a request is made. Writes are never retried here: the engine decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import requests
+from requests.adapters import HTTPAdapter
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError
+
+from bot.engine.ports import (
+    Activity,
+    CRMError,
+    CRMErrorKind,
+    FieldOption,
+    FieldSchema,
+    Owner,
+    RecordState,
+)
+
+T = TypeVar("T")
+
+BATCH = 200  # sObject Collections limit, and a safe number of ids per SOQL IN list
+TIMEOUT = 30.0
+_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
+_PATH = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}(?:\.[A-Za-z][A-Za-z0-9_]{0,79}){0,4}")
+_NOT_FOUND_CODES = {"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND", "MALFORMED_ID"}
+_TYPES = {
+    "picklist": "enumeration",
+    "textarea": "text",
+    "currency": "number",
+    "double": "number",
+    "percent": "number",
+    "int": "number",
+    "long": "number",
+    "date": "date",
+    "datetime": "datetime",
+    "boolean": "bool",
+}
+_WHO_TYPES = {"lead", "contact"}
+_ACTIVITY_TYPES = {"task": "Task", "note": "Note"}
+
+
+class SalesforceCRMError(CRMError):
+    """A `CRMError` that also keeps Salesforce's errorCode (e.g. FIELD_CUSTOM_VALIDATION_EXCEPTION)."""
+
+    def __init__(
+        self,
+        kind: CRMErrorKind,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(kind, message, status=status)
+        self.code = code
+
+
+class _Transport(HTTPAdapter):
+    """Adds a default timeout and, for a plain-HTTP instance (the stand-in), sends simple-salesforce's
+    always-https URLs for that one host over http."""
+
+    def __init__(self, plain_netloc: str | None, timeout: float, pool: int) -> None:
+        super().__init__(pool_connections=4, pool_maxsize=pool)
+        self._prefix = f"https://{plain_netloc}/" if plain_netloc else None
+        self._timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
+        if self._prefix and request.url and request.url.startswith(self._prefix):
+            request.url = "http://" + request.url[len("https://") :]
+        return super().send(request, **kwargs)
+
+
+def _netloc(url: str) -> str:
+    """The host[:port] simple-salesforce derives from an instance URL."""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    return host if parsed.port in (None, 443) else f"{host}:{parsed.port}"
+
+
+def _valid_id(value: object) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+def _quote_ids(ids: Sequence[str]) -> str:
+    # Only ever called with ids that matched _ID: alphanumerics cannot break out of the quotes.
+    return ", ".join(f"'{i}'" for i in ids)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def _pluck(record: Mapping[str, Any], path: str) -> Any:
+    """A (possibly dotted) field from a SOQL record, matching names case-insensitively."""
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        if part in node:
+            node = node[part]
+        else:
+            lower = part.lower()
+            node = next((v for k, v in node.items() if k.lower() == lower), None)
+    return node
+
+
+def _chunks(items: Sequence[T], size: int = BATCH) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class SalesforceCRM:
+    kind = "salesforce"
+
+    def __init__(
+        self,
+        instance_url: str,
+        access_token: str | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        security_token: str | None = None,
+        domain: str | None = None,
+        version: str = "59.0",
+        max_workers: int = 8,
+    ) -> None:
+        parsed = urlparse(instance_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("instance_url must be an http(s) URL")
+        if access_token is None and not (username and password):
+            raise ValueError("give an access token, or a username and password")
+        self.instance_url = instance_url.rstrip("/")
+        self.version = version
+        self._token = access_token
+        self._login = (username, password, security_token, domain)
+        self._secrets = [s for s in (access_token, password, security_token) if s]
+        self._session = requests.Session()
+        plain = None
+        if parsed.scheme == "http":
+            plain = _netloc(instance_url)
+            # Env proxies and REQUESTS_CA_BUNDLE have no business with a local plain-HTTP server.
+            self._session.trust_env = False
+        transport = _Transport(plain, TIMEOUT, max_workers)
+        self._session.mount("https://", transport)
+        self._session.mount("http://", transport)
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="salesforce")
+        self._sf: Salesforce | None = None
+        self._sf_lock = threading.Lock()
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _client(self) -> Salesforce:
+        with self._sf_lock:
+            if self._sf is None:
+                common: dict[str, Any] = {
+                    "version": self.version,
+                    "session": self._session,
+                    "object_pairs_hook": dict,
+                }
+                if self._token is not None:
+                    self._sf = Salesforce(
+                        instance_url=self.instance_url, session_id=self._token, **common
+                    )
+                else:
+                    username, password, security_token, domain = self._login
+                    # A username/password login returns its own instance URL; ours only serves
+                    # as the plain-HTTP rewrite target.
+                    self._sf = Salesforce(
+                        username=username,
+                        password=password,
+                        security_token=security_token or "",
+                        domain=domain,
+                        **common,
+                    )
+            return self._sf
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text[:2000]
+
+    def _error(self, exc: Exception) -> SalesforceCRMError:
+        """A simple-salesforce or requests failure, in the engine's terms."""
+        if isinstance(exc, SalesforceAuthenticationFailed):
+            return SalesforceCRMError(CRMErrorKind.UNAUTHORIZED, self._scrub(str(exc)), status=401)
+        if isinstance(exc, SalesforceError):
+            code, message = self._content(exc.content)
+            status = exc.status
+            if status == 401:
+                kind = CRMErrorKind.UNAUTHORIZED
+            elif status == 403:
+                limited = code == "REQUEST_LIMIT_EXCEEDED"
+                kind = CRMErrorKind.RATE_LIMITED if limited else CRMErrorKind.UNAUTHORIZED
+            elif status == 404:
+                kind = CRMErrorKind.NOT_FOUND
+            elif status == 429:
+                kind = CRMErrorKind.RATE_LIMITED
+            elif status >= 500:
+                kind = CRMErrorKind.TRANSIENT
+            else:  # 400, 412 (precondition), 300, ...
+                kind = CRMErrorKind.VALIDATION
+            text = message or f"HTTP {status}"
+            return SalesforceCRMError(kind, self._scrub(text), code=code, status=status)
+        if isinstance(exc, requests.RequestException | ValueError):
+            # Connection refused, timeout, or an unreadable body: a write's outcome is unknown.
+            return SalesforceCRMError(
+                CRMErrorKind.TRANSIENT, self._scrub(f"{type(exc).__name__}: {exc}")
+            )
+        raise exc
+
+    @staticmethod
+    def _content(content: Any) -> tuple[str | None, str]:
+        """(errorCode, message) from a Salesforce error body: usually [{message, errorCode}]."""
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", "replace")
+        items = content if isinstance(content, list) else [content]
+        codes: list[str] = []
+        parts: list[str] = []
+        for item in items:
+            if isinstance(item, Mapping):
+                code = item.get("errorCode") or item.get("statusCode") or item.get("error")
+                message = item.get("message") or item.get("error_description") or ""
+                if code:
+                    codes.append(str(code))
+                parts.append(f"{code}: {message}" if code else str(message))
+            elif item not in (None, ""):
+                parts.append(str(item)[:500])
+        return (codes[0] if codes else None), "; ".join(parts)
+
+    def _save_error(self, errors: Sequence[Mapping[str, Any]]) -> SalesforceCRMError:
+        """One failed record of a collection update."""
+        code, message = self._content(list(errors))
+        fields = [f for e in errors for f in (e.get("fields") or [])]
+        kind = CRMErrorKind.VALIDATION
+        if code in _NOT_FOUND_CODES and not fields:
+            kind = CRMErrorKind.NOT_FOUND
+        return SalesforceCRMError(kind, self._scrub(message or "update failed"), code=code)
+
+    def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except CRMError:
+            raise
+        except Exception as exc:  # _error re-raises what it does not know
+            raise self._error(exc) from exc
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._guarded, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, call)
+
+    def _restful(self, path: str, **kwargs: Any) -> Any:
+        return self._client().restful(path, **kwargs)
+
+    def _query_all(self, soql: str) -> list[dict[str, Any]]:
+        return list(self._client().query_all(soql)["records"])
+
+    @staticmethod
+    def _type(object_type: str) -> str:
+        if not isinstance(object_type, str) or not _NAME.fullmatch(object_type):
+            raise CRMError(
+                CRMErrorKind.VALIDATION, f"not a Salesforce object name: {object_type!r:.80}"
+            )
+        return object_type
+
+    @staticmethod
+    def _fields(fields: Sequence[str]) -> list[str]:
+        """Field paths for a SELECT, deduplicated (SOQL refuses duplicates), Id excluded."""
+        out: dict[str, str] = {}
+        for name in fields:
+            if not isinstance(name, str) or not _PATH.fullmatch(name):
+                raise CRMError(
+                    CRMErrorKind.VALIDATION, f"not a Salesforce field name: {name!r:.80}"
+                )
+            if name.lower() != "id":
+                out.setdefault(name.lower(), name)
+        return list(out.values())
+
+    # --- the CRM port ------------------------------------------------------------------------
+    async def read_records(
+        self, object_type: str, record_ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, RecordState]:
+        sobject = self._type(object_type)
+        select = ", ".join(["Id", *self._fields(fields)])
+        wanted: dict[str, list[str]] = {}  # 15-char id -> ids as the caller spelled them
+        for rid in record_ids:
+            if _valid_id(rid) and rid not in wanted.get(rid[:15], []):
+                wanted.setdefault(rid[:15], []).append(rid)
+        ids = [spellings[0] for spellings in wanted.values()]
+        soqls = [
+            f"SELECT {select} FROM {sobject} WHERE Id IN ({_quote_ids(c)})" for c in _chunks(ids)
+        ]
+        pages = await asyncio.gather(*(self._run(self._query_all, q) for q in soqls))
+        out: dict[str, RecordState] = {}
+        for record in (r for page in pages for r in page):
+            values = {name: _pluck(record, name) for name in fields}
+            for rid in wanted.get(str(record.get("Id", ""))[:15], []):
+                out[rid] = RecordState(rid, dict(values))
+        return out
+
+    async def update_records(
+        self, object_type: str, updates: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, CRMError | None]:
+        sobject = self._type(object_type)
+        out: dict[str, CRMError | None] = {}
+        items: list[tuple[str, dict[str, Any]]] = []
+        for rid, values in updates.items():
+            bad = [k for k in values if not _NAME.fullmatch(k) or k.lower() in ("id", "attributes")]
+            if not _valid_id(rid):
+                out[rid] = CRMError(
+                    CRMErrorKind.NOT_FOUND, f"not a Salesforce record id: {rid!r:.80}"
+                )
+            elif bad:
+                out[rid] = CRMError(
+                    CRMErrorKind.VALIDATION, f"not writable field names: {bad!r:.200}"
+                )
+            else:
+                items.append((rid, {k: _jsonable(v) for k, v in values.items()}))
+        for n, chunk in enumerate(chunks := _chunks(items)):
+            try:
+                results = await self._run(self._update_chunk, sobject, chunk)
+            except CRMError as err:
+                if err.kind is CRMErrorKind.VALIDATION:
+                    # The request as a whole was refused (e.g. an unknown field): nothing written.
+                    out.update({rid: err for rid, _ in chunk})
+                    continue
+                if n == 0:
+                    raise
+                # Earlier chunks landed: report this and the unsent ones instead of raising.
+                out.update({rid: err for later in chunks[n:] for rid, _ in later})
+                break
+            out.update(zip((rid for rid, _ in chunk), results, strict=True))
+        return out
+
+    def _update_chunk(
+        self, sobject: str, chunk: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[CRMError | None]:
+        records = [{"attributes": {"type": sobject}, "id": rid, **values} for rid, values in chunk]
+        results = self._restful(
+            "composite/sobjects", method="PATCH", json={"allOrNone": False, "records": records}
+        )
+        if not isinstance(results, list) or len(results) != len(chunk):
+            raise CRMError(CRMErrorKind.TRANSIENT, "unexpected sObject Collections response")
+        # Results come back in request order; failed ones may carry no id.
+        return [
+            None if r.get("success") else self._save_error(r.get("errors") or []) for r in results
+        ]
+
+    async def read_owners(
+        self, object_type: str, record_ids: Sequence[str], owner_field: str
+    ) -> dict[str, Owner]:
+        sobject = self._type(object_type)
+        if not _NAME.fullmatch(owner_field):
+            raise CRMError(
+                CRMErrorKind.VALIDATION, f"not a Salesforce field name: {owner_field!r:.80}"
+            )
+        if owner_field.lower().endswith("__c"):
+            relationship = owner_field[:-3] + "__r"
+        elif owner_field.lower().endswith("id") and len(owner_field) > 2:
+            relationship = owner_field[:-2]
+        else:
+            raise CRMError(CRMErrorKind.VALIDATION, f"{owner_field} is not a lookup field")
+        fields = [owner_field, f"{relationship}.Email", f"{relationship}.Name"]
+        states = await self.read_records(sobject, record_ids, fields)
+        owners: dict[str, Owner] = {}
+        for rid, state in states.items():
+            owner_id = state.values.get(owner_field)
+            if owner_id:
+                owners[rid] = Owner(
+                    id=owner_id, email=state.values.get(fields[1]), name=state.values.get(fields[2])
+                )
+        return owners
+
+    async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
+        sobject = self._type(object_type)
+        if not _valid_id(record_id):
+            raise CRMError(CRMErrorKind.NOT_FOUND, f"not a Salesforce record id: {record_id!r:.80}")
+        target = _ACTIVITY_TYPES.get(activity.kind.lower())
+        if target is None:
+            raise CRMError(CRMErrorKind.VALIDATION, f"unknown activity kind {activity.kind!r}")
+        first_line = next((ln.strip() for ln in activity.body.splitlines() if ln.strip()), "")
+        payload: dict[str, Any]
+        if target == "Task":
+            payload = {
+                "Subject": (activity.subject or first_line or "Task")[:255],
+                "Description": activity.body,
+                "Status": "Not Started",
+                ("WhoId" if sobject.lower() in _WHO_TYPES else "WhatId"): record_id,
+            }
+            if activity.due:
+                try:
+                    payload["ActivityDate"] = date.fromisoformat(activity.due[:10]).isoformat()
+                except ValueError:
+                    raise CRMError(
+                        CRMErrorKind.VALIDATION, f"bad due date {activity.due!r:.40}"
+                    ) from None
+        else:
+            # Note.Title holds at most 80 characters.
+            payload = {
+                "ParentId": record_id,
+                "Title": (activity.subject or first_line or "Note")[:80],
+                "Body": activity.body,
+            }
+        try:
+            result = await self._run(
+                self._restful, f"sobjects/{target}", method="POST", json=payload
+            )
+        except SalesforceCRMError as err:
+            if err.code in _NOT_FOUND_CODES:
+                raise SalesforceCRMError(
+                    CRMErrorKind.NOT_FOUND, err.message, code=err.code, status=err.status
+                ) from err
+            raise
+        if not isinstance(result, Mapping) or not result.get("success") or not result.get("id"):
+            raise self._save_error(
+                (result or {}).get("errors") or [{"message": f"{target} not created"}]
+            )
+        return str(result["id"])
+
+    async def delete_activity(self, kind: str, activity_id: str) -> None:
+        target = _ACTIVITY_TYPES.get(kind.lower())
+        if target is None:
+            raise CRMError(CRMErrorKind.VALIDATION, f"unknown activity kind {kind!r}")
+        if not _valid_id(activity_id):
+            raise CRMError(
+                CRMErrorKind.NOT_FOUND, f"not a Salesforce record id: {activity_id!r:.80}"
+            )
+        await self._run(self._restful, f"sobjects/{target}/{activity_id}", method="DELETE")
+
+    async def describe(self, object_type: str) -> dict[str, FieldSchema]:
+        sobject = self._type(object_type)
+        described = await self._run(self._restful, f"sobjects/{sobject}/describe")
+        schema: dict[str, FieldSchema] = {}
+        for f in (described or {}).get("fields", []):
+            type_ = _TYPES.get(f.get("type", ""), "string")
+            options = (
+                tuple(
+                    FieldOption(value=str(p["value"]), label=str(p.get("label") or p["value"]))
+                    for p in f.get("picklistValues") or []
+                    if p.get("active", True)
+                )
+                if type_ == "enumeration"
+                else ()
+            )
+            schema[f["name"]] = FieldSchema(
+                name=f["name"],
+                label=f.get("label") or f["name"],
+                type=type_,
+                writable=bool(f.get("updateable")),
+                options=options,
+            )
+        return schema
+
+    def record_url(self, object_type: str, record_id: str) -> str:
+        return f"{self.instance_url}/lightning/r/{object_type}/{record_id}/view"
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._session.close()
