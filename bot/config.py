@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     slack_ops_usergroup: str | None = None
     slack_review_delegates: CSV = Field(default_factory=list)
     review_fallback_channel: str | None = None
+    # email=U123,email2=U456: who reviews when the CRM email and the Slack email differ
+    slack_user_map: CSV = Field(default_factory=list)
 
     # --- CRM -----------------------------------------------------------------------------------
     crm: Literal["hubspot", "salesforce", "sandbox"] | None = None
@@ -85,6 +87,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_changes_per_proposal: int = Field(default=50, ge=1, le=500)
     review_expiry: Duration = timedelta(hours=24)
+    review_reminder: Duration | None = timedelta(hours=2)  # before expiry; 0 for none
+    callback_signing_secret: SecretStr | None = None
     commit_linger: Duration = timedelta(milliseconds=50)
     commit_batch_size: int = Field(default=100, ge=1, le=200)
     lease_duration: Duration = timedelta(seconds=60)
@@ -92,17 +96,28 @@ class Settings(BaseSettings):
     # Set when the sandbox is asked for explicitly (`serve --sandbox`).
     sandbox: bool = False
 
-    @field_validator("slack_ops_users", "slack_review_delegates", mode="before")
+    @field_validator("slack_ops_users", "slack_review_delegates", "slack_user_map", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_list(value)
 
     @field_validator(
-        "review_expiry", "commit_linger", "lease_duration", "job_interval", mode="before"
+        "review_expiry", "review_reminder", "commit_linger", "lease_duration", "job_interval", mode="before"
     )
     @classmethod
     def _duration(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
         return parse_duration(value)
+
+    @field_validator("slack_user_map")
+    @classmethod
+    def _user_map(cls, value: list[str]) -> list[str]:
+        for item in value:
+            email, _, user = item.partition("=")
+            if "@" not in email or not user.strip().startswith(("U", "W")):
+                raise ValueError(f"expected email=SLACK_USER_ID pairs, got {item!r}")
+        return value
 
     @field_validator("slack_api_url")
     @classmethod
@@ -177,6 +192,10 @@ class Settings(BaseSettings):
     def slack_sandbox(self) -> bool:
         """No Slack token: the Slack stand-in runs in-process and the client points at it."""
         return self.slack_bot_token is None
+
+    @property
+    def user_map(self) -> dict[str, str]:
+        return {e.strip().lower(): u.strip() for e, _, u in (i.partition("=") for i in self.slack_user_map)}
 
     @property
     def crm_sandbox(self) -> bool:

@@ -228,4 +228,8 @@ def build_web_app(gate: Gate) -> web.Application:
     app.router.add_get("/v1/proposals/{proposal_id}", get_proposal)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
+    if gate.settings.slack_app_token is None:
+        from bot.slack.app import events_route
+
+        app.router.add_routes([events_route(gate.bolt)])
     return app

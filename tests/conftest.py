@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.app import Gate, build_gate
+from bot.app import Gate, build_gate, start_slack
 from bot.config import Settings, load_settings
 from bot.ledger.db import make_engine, upgrade
 from bot.ledger.repo import Ledger
@@ -27,6 +27,7 @@ from bot.sandbox import seed
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 SIGNING_SECRET = "test-signing-secret"
+CALLBACK_SECRET = "test-callback-secret"
 
 
 async def _pg_available() -> str | None:
@@ -189,13 +190,15 @@ def gate_settings(database_url: str, crm_stand_in: Any, slack: Any, **extra: Any
     return load_settings(
         **crm,
         slack_bot_token=slack.bot_token,
-        slack_signing_secret=SIGNING_SECRET,
+        slack_signing_secret=extra.pop("slack_signing_secret", SIGNING_SECRET),
         slack_api_url=slack.api_url,
         slack_alerts_channel=seed.ALERTS_CHANNEL,
         database_url=database_url,
         tiers_file=ROOT / "tiers.yaml",
         commit_linger="10ms",
         job_interval="200ms",
+        slack_ops_users=extra.pop("slack_ops_users", seed.OPS_USER.slack_id),
+        callback_signing_secret=extra.pop("callback_signing_secret", CALLBACK_SECRET),
         **extra,
     )
 
@@ -209,16 +212,36 @@ async def start_gate(settings: Settings, crm_stand_in: Any, slack: Any) -> tuple
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    slack.events_url = f"{url}/slack/events"
+    await start_slack(gate, url)
     gate.start_jobs()
     _, key = await gate.ledger.create_agent("test-agent")
     http = aiohttp.ClientSession()
-    return Running(gate, f"http://127.0.0.1:{port}", key, http, crm_stand_in, slack), runner
+    return Running(gate, url, key, http, crm_stand_in, slack), runner
 
 
 async def stop_gate(running: Running, runner: web.AppRunner) -> None:
     await running.http.close()
     await runner.cleanup()
     await running.gate.close()
+
+
+@pytest.fixture
+async def make_server(sqlite_url: str, hubspot: Any, slack: Any) -> AsyncIterator[Any]:
+    """A factory for a gate on HubSpot (stand-in) and SQLite with extra settings."""
+    started: list[tuple[Running, web.AppRunner]] = []
+
+    async def make(**extra: Any) -> Running:
+        running, runner = await start_gate(gate_settings(sqlite_url, hubspot, slack, **extra), hubspot, slack)
+        started.append((running, runner))
+        return running
+
+    try:
+        yield make
+    finally:
+        for running, runner in started:
+            await stop_gate(running, runner)
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ class Committer:
         self.interval = interval.total_seconds()
         self._wake = asyncio.Event()
         self.on_alert: Any = lambda: None
+        self.on_outcome: Any = lambda: None  # reviewed changes' messages show outcomes
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,6 +97,7 @@ class Committer:
             await self._commit_fields(object_type, items)
         for item in activities:
             await self._commit_activity(item)
+        self.on_outcome()
         return len(work)
 
     # --- fields --------------------------------------------------------------------------------

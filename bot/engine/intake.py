@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bot.domain import (
@@ -21,7 +22,15 @@ from bot.domain import (
     Tier,
 )
 from bot.engine.values import preview
-from bot.ledger.repo import Agent, AuditEvent, Ledger, StoredResponse, canonical_json, new_id
+from bot.ledger.repo import (
+    Agent,
+    AuditEvent,
+    Ledger,
+    StoredResponse,
+    canonical_json,
+    new_id,
+    utcnow,
+)
 from bot.policy import Policy, Rule
 
 
@@ -61,6 +70,10 @@ class Intake:
         max_changes: int,
         on_queued: Callable[[], None] = lambda: None,
         on_alert: Callable[[], None] = lambda: None,
+        on_review: Callable[[], None] = lambda: None,
+        review_expiry: timedelta = timedelta(hours=24),
+        reminder_before: timedelta | None = None,
+        callbacks_enabled: bool = True,
     ) -> None:
         self.ledger = ledger
         self.policy = policy
@@ -68,6 +81,10 @@ class Intake:
         self.max_changes = max_changes
         self.on_queued = on_queued
         self.on_alert = on_alert
+        self.on_review = on_review
+        self.review_expiry = review_expiry
+        self.reminder_before = reminder_before
+        self.callbacks_enabled = callbacks_enabled
 
     def check(self, proposal: ProposalIn) -> None:
         """Whole-proposal checks that pydantic cannot make; raise ProposalRejected."""
@@ -78,6 +95,13 @@ class Intake:
                 "unknown_object",
                 f"unknown object {proposal.object!r} for {self.crm} (known: {known})",
                 "object",
+            )
+        if proposal.callback_url and not self.callbacks_enabled:
+            raise ProposalRejected(
+                422,
+                "callbacks_disabled",
+                "callback_url is set but the gate has no CALLBACK_SIGNING_SECRET to sign callbacks with",
+                "callback_url",
             )
         count = len(proposal.changes) + len(proposal.activities)
         if count == 0:
@@ -230,6 +254,18 @@ class Intake:
                     }
                 )
         answer = ProposalAccepted(id=proposal_id, changes=outs).model_dump(mode="json")
+        review: dict[str, Any] = {"review_state": "none"}
+        needs_review = any(i.status == ChangeStatus.PENDING_REVIEW for i in classified)
+        if needs_review:
+            now = utcnow()
+            expires = now + self.review_expiry
+            review = {
+                "review_state": "unrouted",
+                "expires_at": expires,
+                "remind_at": expires - self.reminder_before
+                if self.reminder_before and self.reminder_before < self.review_expiry
+                else None,
+            }
         stored = await self.ledger.record_proposal(
             agent_id=agent.id,
             key=key,
@@ -244,6 +280,7 @@ class Intake:
                 "evidence": list(proposal.evidence),
                 "run_id": proposal.run_id,
                 "callback_url": proposal.callback_url,
+                **review,
             },
             change_rows=change_rows,
             events=events,
@@ -255,4 +292,6 @@ class Intake:
             self.on_queued()
         if not stored.replayed and alert_rows:
             self.on_alert()
+        if not stored.replayed and needs_review:
+            self.on_review()
         return stored

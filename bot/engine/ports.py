@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from bot.engine.model import ReviewView
 
 
 class CRMErrorKind(StrEnum):
@@ -143,4 +146,30 @@ class Notifier(Protocol):
 
     async def post_alert(self, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
         """Post one message to the alerts channel."""
+        ...
+
+
+class ReviewChannel(Protocol):
+    """Where reviews are sent and decided: the Slack face implements it."""
+
+    async def find_user(self, email: str) -> str | None:
+        """The chat user with this email, or None."""
+        ...
+
+    async def open_dm(self, user_id: str) -> str:
+        """The id of the direct-message channel with this user."""
+        ...
+
+    async def post_review(self, channel: str, view: ReviewView) -> str:
+        """Post the review message; returns its id (Slack's ts)."""
+        ...
+
+    async def update_review(self, channel: str, message_id: str, view: ReviewView) -> None: ...
+
+    async def remind(self, channel: str, message_id: str, view: ReviewView) -> None:
+        """A nudge next to the review message."""
+        ...
+
+    async def group_members(self, group_id: str) -> set[str]:
+        """Members of a user group (for the ops group)."""
         ...

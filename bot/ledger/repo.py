@@ -22,9 +22,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain import ChangeStatus
-from bot.ledger.tables import agents, alerts, audit_events, changes, idempotency_keys, proposals
+from bot.ledger.tables import (
+    agents,
+    alerts,
+    audit_events,
+    callbacks,
+    changes,
+    idempotency_keys,
+    proposals,
+)
 
 GENESIS = "0" * 64
+CALLBACK_OUTCOMES = frozenset({"committed", "conflict", "failed", "rejected", "expired"})
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -468,7 +477,79 @@ class Ledger:
                     [{**row, "created_at": now, "attempts": 0} for row in alert_rows],
                 )
             await self._append_audit(conn, events)
+            await self._after_moves(conn, moved, now)
         return moved
+
+    async def _after_moves(self, conn: AsyncConnection, change_ids: Sequence[str], now: datetime) -> None:
+        """What every state change implies: the review message must show it, and a terminal
+        outcome is owed to the agent's callback."""
+        if not change_ids:
+            return
+        rows = (
+            await conn.execute(
+                select(
+                    changes,
+                    proposals.c.callback_url,
+                    proposals.c.review_state,
+                    proposals.c.object_type,
+                    proposals.c.record_id,
+                    proposals.c.reject_reason,
+                ).join(proposals, proposals.c.id == changes.c.proposal_id)
+                .where(changes.c.id.in_(list(change_ids)))
+            )
+        ).all()
+        reviewed = {r.proposal_id for r in rows if r.review_state != "none"}
+        if reviewed:
+            await conn.execute(
+                update(proposals)
+                .where(proposals.c.id.in_(reviewed))
+                .values(message_version=proposals.c.message_version + 1)
+            )
+        owed = [r for r in rows if r.callback_url and r.status in CALLBACK_OUTCOMES]
+        if not owed:
+            return
+        existing = {
+            (c, o)
+            for c, o in await conn.execute(
+                select(callbacks.c.change_id, callbacks.c.outcome).where(
+                    callbacks.c.change_id.in_([r.id for r in owed])
+                )
+            )
+        }
+        fresh = [
+            {
+                "id": new_id("cbk"),
+                "proposal_id": r.proposal_id,
+                "change_id": r.id,
+                "url": r.callback_url,
+                "outcome": r.status,
+                "payload": {
+                    "event": "change.outcome",
+                    "proposal_id": r.proposal_id,
+                    "change_id": r.id,
+                    "object": r.object_type,
+                    "record_id": r.record_id,
+                    "kind": r.kind,
+                    "field": r.field,
+                    "status": r.status,
+                    "proposed": r.proposed,
+                    "approved": r.approved if r.decided_at else None,
+                    "before": r.before if r.before_captured else None,
+                    "written": r.written,
+                    "error": r.error,
+                    "decided_by": r.decided_by,
+                    "reject_reason": r.reject_reason if r.status == "rejected" else None,
+                    "at": now.isoformat(),
+                },
+                "created_at": now,
+                "next_attempt_at": now,
+                "attempts": 0,
+            }
+            for r in owed
+            if (r.id, r.status) not in existing
+        ]
+        if fresh:
+            await conn.execute(callbacks.insert(), fresh)
 
     # --- alerts outbox -------------------------------------------------------------------------
     async def claim_alerts(self, owner: str, limit: int, lease: timedelta) -> list[dict[str, Any]]:
@@ -531,3 +612,255 @@ class Ledger:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    # --- reviews -------------------------------------------------------------------------------
+    async def claim_proposals(self, owner: str, condition: Any, limit: int, lease: timedelta) -> list[str]:
+        """Lease proposals matching `condition` (a SQLAlchemy expression on `proposals`)."""
+        now = utcnow()
+        free = or_(proposals.c.lease_expires.is_(None), proposals.c.lease_expires < now)
+        async with self.engine.begin() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(proposals.c.id)
+                    .where(condition, free)
+                    .order_by(proposals.c.created_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ]
+            if not ids:
+                return []
+            await conn.execute(
+                update(proposals)
+                .where(proposals.c.id.in_(ids), free)
+                .values(lease_owner=owner, lease_expires=now + lease)
+            )
+            return [
+                r[0]
+                for r in await conn.execute(
+                    select(proposals.c.id).where(proposals.c.id.in_(ids), proposals.c.lease_owner == owner)
+                )
+            ]
+
+    async def release_proposal(self, proposal_id: str, owner: str, *, delay: timedelta = timedelta(0)) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(proposals)
+                .where(proposals.c.id == proposal_id, proposals.c.lease_owner == owner)
+                .values(lease_expires=utcnow() + delay if delay else None)
+            )
+
+    async def save_route(
+        self,
+        proposal_id: str,
+        owner: str,
+        *,
+        state: str,
+        shown: dict[str, Any],
+        event: AuditEvent,
+        alert_rows: Sequence[dict[str, Any]] = (),
+        **values: Any,
+    ) -> bool:
+        """Record where a review was sent and the values the reviewer was shown."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(proposals)
+                .where(
+                    proposals.c.id == proposal_id,
+                    proposals.c.review_state == "unrouted",
+                    proposals.c.lease_owner == owner,
+                )
+                .values(review_state=state, lease_expires=None, **values)
+            )
+            if not result.rowcount:
+                return False
+            for change_id, value in shown.items():
+                await conn.execute(
+                    update(changes)
+                    .where(changes.c.id == change_id, changes.c.status == ChangeStatus.PENDING_REVIEW.value)
+                    .values(has_shown=True, shown=value, updated_at=now)
+                )
+            if alert_rows:
+                await conn.execute(
+                    alerts.insert(), [{**row, "created_at": now, "attempts": 0} for row in alert_rows]
+                )
+            await self._append_audit(conn, [event])
+        return True
+
+    async def close_review(
+        self, proposal_id: str, *, from_states: Sequence[str], to_state: str, change_status: ChangeStatus,
+        reason: str, event: AuditEvent, decision: str | None = None,
+    ) -> bool:
+        """End a review without a person's decision (expired, or the record is gone)."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(proposals)
+                .where(proposals.c.id == proposal_id, proposals.c.review_state.in_(list(from_states)))
+                .values(
+                    review_state=to_state,
+                    decision=decision,
+                    decided_at=now if decision else None,
+                    lease_expires=None,
+                    message_version=proposals.c.message_version + 1,
+                )
+            )
+            if not result.rowcount:
+                return False
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(changes.c.id).where(
+                        changes.c.proposal_id == proposal_id,
+                        changes.c.status == ChangeStatus.PENDING_REVIEW.value,
+                    )
+                )
+            ]
+            if ids:
+                await conn.execute(
+                    update(changes)
+                    .where(changes.c.id.in_(ids), changes.c.status == ChangeStatus.PENDING_REVIEW.value)
+                    .values(status=change_status.value, error=reason, updated_at=now)
+                )
+            await self._append_audit(conn, [event])
+            await self._after_moves(conn, ids, now)
+        return True
+
+    async def decide(
+        self,
+        proposal_id: str,
+        *,
+        actor: str,
+        decision: str,
+        approved: dict[str, Any],
+        reject_reason: str | None,
+        events: list[AuditEvent],
+    ) -> bool:
+        """The one decision on a review, compare-and-set: True for the first caller only.
+
+        `approved` maps each pending change id to the value to write (approve / edit); for a
+        rejection it is empty. Changes not pending review are never touched."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(proposals)
+                .where(proposals.c.id == proposal_id, proposals.c.review_state.in_(["pending", "unroutable"]))
+                .values(
+                    review_state="decided",
+                    decision=decision,
+                    decided_by=actor,
+                    decided_at=now,
+                    reject_reason=reject_reason,
+                    message_version=proposals.c.message_version + 1,
+                )
+            )
+            if not result.rowcount:
+                return False
+            pending = [
+                r[0]
+                for r in await conn.execute(
+                    select(changes.c.id).where(
+                        changes.c.proposal_id == proposal_id,
+                        changes.c.status == ChangeStatus.PENDING_REVIEW.value,
+                    )
+                )
+            ]
+            for change_id in pending:
+                if decision == "rejected":
+                    values: dict[str, Any] = {"status": ChangeStatus.REJECTED.value, "error": reject_reason}
+                else:
+                    values = {"status": ChangeStatus.QUEUED.value, "approved": approved.get(change_id)}
+                await conn.execute(
+                    update(changes)
+                    .where(changes.c.id == change_id, changes.c.status == ChangeStatus.PENDING_REVIEW.value)
+                    .values(decided_by=actor, decided_at=now, updated_at=now, **values)
+                )
+            await self._append_audit(conn, events)
+            await self._after_moves(conn, pending, now)
+        return True
+
+    async def mark_reminded(self, proposal_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(proposals)
+                .where(
+                    proposals.c.id == proposal_id,
+                    proposals.c.review_state == "pending",
+                    proposals.c.reminded_at.is_(None),
+                )
+                .values(reminded_at=utcnow())
+            )
+            return bool(result.rowcount)
+
+    async def mark_synced(self, proposal_id: str, version: int, owner: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(proposals)
+                .where(proposals.c.id == proposal_id, proposals.c.message_synced < version)
+                .values(message_synced=version)
+            )
+            await conn.execute(
+                update(proposals)
+                .where(proposals.c.id == proposal_id, proposals.c.lease_owner == owner)
+                .values(lease_expires=None)
+            )
+
+    async def review_ids(self, condition: Any, limit: int = 50, *, newest_first: bool = False) -> list[str]:
+        order = proposals.c.created_at.desc() if newest_first else proposals.c.created_at
+        async with self.engine.connect() as conn:
+            return [r[0] for r in await conn.execute(select(proposals.c.id).where(condition).order_by(order).limit(limit))]
+
+    # --- callbacks -----------------------------------------------------------------------------
+    async def claim_callbacks(self, owner: str, limit: int, lease: timedelta) -> list[dict[str, Any]]:
+        now = utcnow()
+        due = and_(
+            callbacks.c.delivered_at.is_(None),
+            callbacks.c.gave_up_at.is_(None),
+            callbacks.c.next_attempt_at <= now,
+            or_(callbacks.c.lease_expires.is_(None), callbacks.c.lease_expires < now),
+        )
+        async with self.engine.begin() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(callbacks.c.id).where(due).order_by(callbacks.c.next_attempt_at).limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ]
+            if not ids:
+                return []
+            await conn.execute(
+                update(callbacks)
+                .where(callbacks.c.id.in_(ids), due)
+                .values(lease_owner=owner, lease_expires=now + lease, attempts=callbacks.c.attempts + 1)
+            )
+            rows = await conn.execute(
+                select(callbacks).where(callbacks.c.id.in_(ids), callbacks.c.lease_owner == owner)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def callback_result(
+        self, callback_id: str, owner: str, *, delivered: bool, status: int | None, error: str | None,
+        retry_in: timedelta | None,
+    ) -> None:
+        now = utcnow()
+        values: dict[str, Any] = {"last_status": status, "last_error": (error or None) and error[:2000], "lease_expires": None}
+        if delivered:
+            values["delivered_at"] = now
+        elif retry_in is None:
+            values["gave_up_at"] = now
+        else:
+            values["next_attempt_at"] = now + retry_in
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(callbacks).where(callbacks.c.id == callback_id, callbacks.c.lease_owner == owner).values(**values)
+            )
+
+    async def callbacks_for(self, proposal_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(callbacks).where(callbacks.c.proposal_id == proposal_id).order_by(callbacks.c.created_at)
+            )
+            return [dict(r._mapping) for r in rows]

@@ -89,6 +89,38 @@ proposals = Table(
     Column("run_id", String(200)),
     Column("callback_url", Text),
     Column("created_at", Ts, nullable=False),
+    # --- review (only for proposals with reviewed changes) ---
+    # none -> unrouted -> pending | unroutable -> decided | expired; closed when it cannot be
+    # reviewed at all (the record is gone)
+    Column("review_state", String(20), nullable=False, default="none"),
+    Column("reviewer_id", String(40)),  # Slack user id of the record owner
+    Column("reviewer_email", String(320)),
+    Column("route_note", Text),
+    Column("review_channel", String(40)),
+    Column("review_ts", String(40)),
+    Column("record_name", Text),
+    Column("record_url", Text),
+    Column("review_fields", JSON),  # field -> {label, type, options}: the CRM schema at routing
+    Column("expires_at", Ts),
+    Column("remind_at", Ts),
+    Column("reminded_at", Ts),
+    Column("decision", String(20)),
+    Column("decided_by", String(40)),
+    Column("decided_at", Ts),
+    Column("reject_reason", Text),
+    Column("message_version", Integer, nullable=False, default=0),  # bumped when the message must change
+    Column("message_synced", Integer, nullable=False, default=0),  # the version Slack shows
+    Column("lease_owner", String(64)),
+    Column("lease_expires", Ts),
+    CheckConstraint(
+        _in("review_state", ["none", "unrouted", "pending", "unroutable", "decided", "expired", "closed"]),
+        name="review_state",
+    ),
+    CheckConstraint(
+        "decision IS NULL OR decision IN ('approved', 'edited', 'rejected', 'expired')", name="decision"
+    ),
+    Index("ix_proposals_review", "review_state", "expires_at"),
+    Index("ix_proposals_reviewer", "reviewer_id", "review_state"),
     Index("ix_proposals_run", "run_id"),
     Index("ix_proposals_agent_created", "agent_id", "created_at"),
 )
@@ -164,6 +196,29 @@ audit_events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
     Index("ix_audit_proposal", "proposal_id"),
+)
+
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("proposal_id", String(40), ForeignKey("proposals.id"), nullable=False),
+    Column("change_id", String(40), ForeignKey("changes.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", Ts, nullable=False),
+    Column("next_attempt_at", Ts, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("delivered_at", Ts),
+    Column("gave_up_at", Ts),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("lease_owner", String(64)),
+    Column("lease_expires", Ts),
+    Column("outcome", String(20), nullable=False),
+    # One callback per outcome of a change: a retried transition never sends two.
+    UniqueConstraint("change_id", "outcome"),
+    Index("ix_callbacks_due", "delivered_at", "next_attempt_at"),
 )
 
 alerts = Table(

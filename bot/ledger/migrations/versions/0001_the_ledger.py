@@ -73,6 +73,34 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(length=200), nullable=True),
         sa.Column("callback_url", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("review_state", sa.String(length=20), nullable=False),
+        sa.Column("reviewer_id", sa.String(length=40), nullable=True),
+        sa.Column("reviewer_email", sa.String(length=320), nullable=True),
+        sa.Column("route_note", sa.Text(), nullable=True),
+        sa.Column("review_channel", sa.String(length=40), nullable=True),
+        sa.Column("review_ts", sa.String(length=40), nullable=True),
+        sa.Column("record_name", sa.Text(), nullable=True),
+        sa.Column("record_url", sa.Text(), nullable=True),
+        sa.Column("review_fields", sa.JSON(), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("remind_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reminded_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("decision", sa.String(length=20), nullable=True),
+        sa.Column("decided_by", sa.String(length=40), nullable=True),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reject_reason", sa.Text(), nullable=True),
+        sa.Column("message_version", sa.Integer(), nullable=False),
+        sa.Column("message_synced", sa.Integer(), nullable=False),
+        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_expires", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "decision IS NULL OR decision IN ('approved', 'edited', 'rejected', 'expired')",
+            name=op.f("ck_proposals_decision"),
+        ),
+        sa.CheckConstraint(
+            "review_state IN ('none', 'unrouted', 'pending', 'unroutable', 'decided', 'expired', 'closed')",
+            name=op.f("ck_proposals_review_state"),
+        ),
         sa.ForeignKeyConstraint(
             ["agent_id"], ["agents.id"], name=op.f("fk_proposals_agent_id_agents")
         ),
@@ -80,6 +108,12 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_proposals_agent_created", "proposals", ["agent_id", "created_at"], unique=False
+    )
+    op.create_index(
+        "ix_proposals_review", "proposals", ["review_state", "expires_at"], unique=False
+    )
+    op.create_index(
+        "ix_proposals_reviewer", "proposals", ["reviewer_id", "review_state"], unique=False
     )
     op.create_index("ix_proposals_run", "proposals", ["run_id"], unique=False)
     op.create_table(
@@ -158,14 +192,47 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("agent_id", "key", name=op.f("pk_idempotency_keys")),
     )
+    op.create_table(
+        "callbacks",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("proposal_id", sa.String(length=40), nullable=False),
+        sa.Column("change_id", sa.String(length=40), nullable=False),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("gave_up_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_status", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_expires", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("outcome", sa.String(length=20), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["change_id"], ["changes.id"], name=op.f("fk_callbacks_change_id_changes")
+        ),
+        sa.ForeignKeyConstraint(
+            ["proposal_id"], ["proposals.id"], name=op.f("fk_callbacks_proposal_id_proposals")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_callbacks")),
+        sa.UniqueConstraint("change_id", "outcome", name=op.f("uq_callbacks_change_id_outcome")),
+    )
+    op.create_index(
+        "ix_callbacks_due", "callbacks", ["delivered_at", "next_attempt_at"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_callbacks_due", table_name="callbacks")
+    op.drop_table("callbacks")
     op.drop_table("idempotency_keys")
     op.drop_index("ix_changes_status_lease", table_name="changes")
     op.drop_index("ix_changes_reverts", table_name="changes")
     op.drop_table("changes")
     op.drop_index("ix_proposals_run", table_name="proposals")
+    op.drop_index("ix_proposals_reviewer", table_name="proposals")
+    op.drop_index("ix_proposals_review", table_name="proposals")
     op.drop_index("ix_proposals_agent_created", table_name="proposals")
     op.drop_table("proposals")
     op.drop_index("ix_audit_proposal", table_name="audit_events")
