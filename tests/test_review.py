@@ -422,6 +422,7 @@ async def test_slack_rate_limits_are_waited_out(server):
     slack.faults.fail_next(1, 429, {"ok": False, "error": "ratelimited"}, headers={"Retry-After": "1"}, path_prefix="/api/chat.postMessage")
     body = await propose_stage(server)
     await review_dm(server, AVA, body["id"])
+    assert slack.count("/api/chat.postMessage") == 2  # the 429, then the retry after Retry-After
 
 
 # --- App Home -----------------------------------------------------------------------------------
@@ -464,3 +465,78 @@ async def test_review_of_a_deleted_record_is_closed(server):
     body = await propose_stage(server, "999999")
     detail = await change_status(server, body["id"], "refused")
     assert "not found" in detail["changes"][0]["error"]
+
+
+# --- more guarantees ----------------------------------------------------------------------------
+
+
+async def test_a_slow_crm_never_makes_slack_wait(make_server):
+    server = await make_server()
+    hubspot, slack = server.crm_stand_in, server.slack
+    body = await propose_stage(server)
+    channel, message = await review_dm(server, AVA, body["id"])
+    hubspot.faults.latency = 3.5  # longer than Slack waits for an ack
+    # The stand-in gives up after 3 s as Slack does: these would raise if an ack were late.
+    await slack.click(AVA, channel, message["ts"], "review_edit")
+    modal = (await eventually(lambda: slack.views(AVA), what="edit modal opened within the trigger's 3 s"))[-1]
+    await slack.submit_form(AVA, modal["id"], {f"chg:{body['changes'][0]['id']}": "closedwon"})
+    await change_status(server, body["id"], "committed", timeout=30)
+    assert hubspot.value("deals", "9001", "dealstage") == "closedwon"
+
+
+async def test_a_crafted_submission_cannot_reach_a_field_not_under_review(server):
+    slack = server.slack
+    status, body = await server.propose(
+        {"object": "deals", "record_id": "9001", "changes": {"dealstage": "contractsent", "amount": 1}}
+    )
+    stage, amount = body["changes"]
+    assert amount["status"] == "blocked"
+    channel, message = await review_dm(server, AVA, body["id"])
+    await slack.click(AVA, channel, message["ts"], "review_edit")
+    modal = (await eventually(lambda: slack.views(AVA), what="edit modal"))[-1]
+    assert f"chg:{amount['id']}" not in json.dumps(modal)
+    crafted = {
+        f"chg:{stage['id']}": {"value": {"type": "static_select", "selected_option": {"value": "closedwon", "text": {"type": "plain_text", "text": "Closed Won"}}}},
+        f"chg:{amount['id']}": {"value": {"type": "plain_text_input", "value": "999999"}},
+    }
+    answer = await slack.deliver(
+        "interactive",
+        {
+            "type": "view_submission",
+            "user": {"id": AVA, "team_id": "T0SANDBOX"},
+            "team": {"id": "T0SANDBOX"},
+            "view": {**modal, "state": {"values": crafted}},
+        },
+    )
+    assert answer["response_action"] == "errors" and f"chg:{amount['id']}" in answer["errors"]
+    # And the engine refuses it even without the modal's check.
+    decision = await server.gate.reviews.decide(body["id"], AVA, "edit", edits={amount["id"]: 999999})
+    assert decision.outcome == "invalid"
+    await asyncio.sleep(0.3)
+    detail = await server.proposal(body["id"])
+    assert [c["status"] for c in detail["changes"]] == ["pending_review", "blocked"]
+    assert server.crm_stand_in.value("deals", "9001", "amount") == "48000"
+
+
+async def test_an_alert_burst_becomes_digests_and_loses_nothing(server):
+    slack = server.slack
+    ids = []
+    for i in range(12):
+        status, body = await server.propose(
+            {"object": "deals", "record_id": "9001", "changes": {"amount": 1000 + i}}
+        )
+        ids.append(body["id"])
+    await eventually(
+        lambda: all(any(i in m["text"] for m in slack.messages(seed.ALERTS_CHANNEL)) for i in ids),
+        timeout=15,
+        what="every alert delivered",
+    )
+    posts = slack.messages(seed.ALERTS_CHANNEL)
+    assert len(posts) < len(ids)  # grouped, not one message each
+    assert sum(m["text"].count("Blocked") for m in posts) == len(ids)
+    assert slack.rate_limited == 0  # never over Slack's per-channel rate
+    await eventually(lambda: _unsent_is_zero(server), what="every alert marked sent")
+
+
+async def _unsent_is_zero(server) -> bool:
+    return await server.gate.ledger.unsent_alerts() == 0
