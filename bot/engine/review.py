@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_
+from sqlalchemy import and_, or_
 
 from bot.domain import ChangeStatus, Tier
 from bot.engine.model import FieldSpec, ReviewLine, ReviewView
@@ -125,7 +125,17 @@ class Reviews:
 
     # --- routing -------------------------------------------------------------------------------
     async def route_pending(self) -> int:
-        ids = await self.ledger.claim_proposals(self.owner, proposals.c.review_state == "unrouted", 20, self.lease)
+        # Unrouted proposals, and routed ones whose message was never posted (a crash between
+        # recording the route and posting: post it now).
+        condition = or_(
+            proposals.c.review_state == "unrouted",
+            and_(
+                proposals.c.review_state == "pending",
+                proposals.c.review_ts.is_(None),
+                proposals.c.review_channel.is_not(None),
+            ),
+        )
+        ids = await self.ledger.claim_proposals(self.owner, condition, 20, self.lease)
         for proposal_id in ids:
             try:
                 await self._route(proposal_id)
@@ -141,6 +151,9 @@ class Reviews:
     async def _route(self, proposal_id: str) -> None:
         row = await self.ledger.proposal(proposal_id)
         assert row is not None
+        if row["review_state"] == "pending":
+            await self._post(row, row["review_channel"])
+            return
         object_type, record_id = row["object_type"], row["record_id"]
         obj = self.policy.object(self.crm_name, object_type)
         pending = [c for c in row["changes"] if c["status"] == ChangeStatus.PENDING_REVIEW.value]
@@ -161,9 +174,11 @@ class Reviews:
             )
             return
         schema = await self.describe(object_type)
-        review_fields = {
-            name: _spec_json(schema.get(name), name) for name in field_names
-        } | {c["field"]: {"label": c["field"].title(), "type": "text", "options": []} for c in pending if c["kind"] == "activity"}
+        review_fields = {name: _spec_json(schema.get(name), name) for name in field_names} | {
+            c["field"]: {"label": c["field"].title(), "type": "text", "options": []}
+            for c in pending
+            if c["kind"] == "activity"
+        }
 
         email = None
         if obj and obj.owner_field:
@@ -178,18 +193,17 @@ class Reviews:
         if reviewer:
             target: str | None = await self.channel.open_dm(reviewer)
         else:
-            note = (
-                f"the record owner ({email}) has no Slack user" if email else "the record has no owner in the CRM"
-            )
+            note = f"the record owner ({email}) has no Slack user" if email else "the record has no owner in the CRM"
             target = self.fallback_channel
         shown = {c["id"]: state.values.get(c["field"]) for c in pending if c["kind"] == "field"}
         values: dict[str, Any] = {
             "reviewer_id": reviewer,
             "reviewer_email": email,
             "route_note": note,
-            "record_name": str(state.values.get(name_field) or "") or None if name_field else None,
+            "record_name": (str(state.values.get(name_field) or "") or None) if name_field else None,
             "record_url": self.crm.record_url(object_type, record_id),
             "review_fields": review_fields,
+            "review_channel": target,
         }
         if target is None:
             text = (
@@ -206,11 +220,10 @@ class Reviews:
                 alert_rows=[{"id": new_id("alr"), "kind": "unroutable", "text": text}],
                 **values,
             )
+            await self.ledger.release_proposal(proposal_id, self.owner)
             self.on_alert()
             return
-        draft = build_view({**row, **values, "review_state": "pending", "changes": _with_shown(row["changes"], shown)})
-        message_id = await self.channel.post_review(target, draft)
-        await self.ledger.save_route(
+        routed = await self.ledger.save_route(
             proposal_id,
             self.owner,
             state="pending",
@@ -221,11 +234,16 @@ class Reviews:
                 proposal_id,
                 data={"reviewer": reviewer, "channel": target, "note": note, "shown": shown},
             ),
-            review_channel=target,
-            review_ts=message_id,
-            message_synced=row["message_version"],
             **values,
         )
+        if routed:
+            fresh = await self.ledger.proposal(proposal_id)
+            assert fresh is not None
+            await self._post(fresh, target)
+
+    async def _post(self, row: dict[str, Any], target: str) -> None:
+        message_id = await self.channel.post_review(target, build_view(row))
+        await self.ledger.save_review_message(row["id"], self.owner, message_id, row["message_version"])
 
     # --- deciding ------------------------------------------------------------------------------
     async def decide(
@@ -243,7 +261,7 @@ class Reviews:
         view = await self.view(proposal_id)
         if view is None or view.state == "none":
             return Decision("not_found", message="There is no such review.")
-        if source is not None and source != (view.extra.get("review_channel"), view.extra.get("review_ts")):
+        if source is not None and not _same_message(source, view):
             return Decision("wrong_message", view, "This button does not belong to that review.")
         if not await self.may_decide(view, actor):
             log.warning("%s tried to decide %s, which is not theirs", actor, proposal_id)
@@ -357,6 +375,12 @@ class Reviews:
             except Exception as exc:  # a missed reminder is not worth a retry storm
                 log.warning("reminder for %s failed: %s", proposal_id, exc)
         return count
+
+
+def _same_message(source: tuple[str, str], view: ReviewView) -> bool:
+    channel, ts = view.extra.get("review_channel"), view.extra.get("review_ts")
+    # The message id is recorded just after posting; a click in that instant names the channel.
+    return source[0] == channel and (ts is None or source[1] == ts)
 
 
 def _spec_json(schema: FieldSchema | None, name: str) -> dict[str, Any]:

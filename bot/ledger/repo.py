@@ -662,7 +662,9 @@ class Ledger:
         alert_rows: Sequence[dict[str, Any]] = (),
         **values: Any,
     ) -> bool:
-        """Record where a review was sent and the values the reviewer was shown."""
+        """Record who reviews, where, and the values the reviewer is shown: before the message is
+        posted, so a click that arrives the instant it appears finds its review ready. The lease
+        is kept for the posting; `save_review_message` completes the route."""
         now = utcnow()
         async with self.engine.begin() as conn:
             result = await conn.execute(
@@ -672,7 +674,7 @@ class Ledger:
                     proposals.c.review_state == "unrouted",
                     proposals.c.lease_owner == owner,
                 )
-                .values(review_state=state, lease_expires=None, **values)
+                .values(review_state=state, **values)
             )
             if not result.rowcount:
                 return False
@@ -688,6 +690,19 @@ class Ledger:
                 )
             await self._append_audit(conn, [event])
         return True
+
+    async def save_review_message(self, proposal_id: str, owner: str, message_id: str, synced: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(proposals)
+                .where(proposals.c.id == proposal_id, proposals.c.review_ts.is_(None))
+                .values(review_ts=message_id, message_synced=synced)
+            )
+            await conn.execute(
+                update(proposals)
+                .where(proposals.c.id == proposal_id, proposals.c.lease_owner == owner)
+                .values(lease_expires=None)
+            )
 
     async def close_review(
         self, proposal_id: str, *, from_states: Sequence[str], to_state: str, change_status: ChangeStatus,
