@@ -116,6 +116,140 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if settings.crm_sandbox:
+        raise CLIError(
+            "the sandbox CRM lives inside the running server; roll back with /crm-rollback on "
+            "the sandbox page, or point CRM at HubSpot or Salesforce"
+        )
+    return asyncio.run(_rollback(settings, args))
+
+
+async def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from bot.app import build_crm, replica_id
+    from bot.engine.committer import Committer
+    from bot.engine.rollback import Rollbacks, TargetError
+    from bot.ledger.db import make_engine, upgrade
+    from bot.ledger.repo import Ledger
+
+    engine = make_engine(settings.database_url)
+    await upgrade(engine)
+    ledger = Ledger(engine)
+    crm = await build_crm(settings, [])
+    actor = f"cli:{getpass.getuser()}"
+    try:
+        rollbacks = Rollbacks(ledger, crm)
+        try:
+            plan = await rollbacks.preview(args.target, actor)
+        except TargetError as exc:
+            raise CLIError(str(exc)) from None
+        for item in plan.items:
+            restore = "delete the activity" if item.kind == "activity" else f"restore {item.restore!r}"
+            print(f"{item.verdict:<9} {item.object_type} {item.record_id} {item.field}: now {item.now!r} -> {restore}")
+        reverts, conflicts = plan.count("revert"), plan.count("conflict")
+        print(f"{reverts} to revert, {conflicts} conflict(s), {plan.count('already')} already reverted, {plan.count('missing')} missing")
+        todo = reverts + (conflicts if args.include_conflicts else 0)
+        if args.dry_run or not todo:
+            await rollbacks.cancel(plan.id, actor)
+            if not todo:
+                print("nothing to write")
+            return 0 if args.dry_run or not conflicts else 1
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CLIError("confirm with --yes when not running in a terminal")
+            prompt = f"Write {todo} compensating change(s)? [y/N] "
+            answer = (await asyncio.to_thread(input, prompt)).strip().lower()
+            if answer not in ("y", "yes"):
+                await rollbacks.cancel(plan.id, actor)
+                print("cancelled; nothing written")
+                return 1
+        await rollbacks.confirm(plan.id, actor, include_conflicts=args.include_conflicts)
+        committer = Committer(ledger, crm, owner=replica_id(), batch_size=settings.commit_batch_size, lease=settings.lease_duration)
+        status = await rollbacks.status(plan.id)
+        while not status["settled"]:
+            if not await committer.run_once():
+                await asyncio.sleep(0.2)  # leased by a running server, or waiting out a rate limit
+            status = await rollbacks.status(plan.id)
+            _progress(status)
+        await rollbacks.finish_settled()
+        print(file=sys.stderr)
+        print(
+            f"rolled back {plan.target} ({plan.id}): {status['reverted']} reverted, "
+            f"{status['conflicts']} conflict(s) left alone, {status['failed']} failed"
+        )
+        for failure in status["failures"]:
+            print(f"  {failure['field']} ({failure['change_id']}): {failure['error']}")
+        return 0 if status["reverted"] == status["total"] and not status["conflicts"] else 1
+    finally:
+        await crm.close()
+        await engine.dispose()
+
+
+def _progress(status: dict[str, Any], width: int = 30) -> None:
+    total = max(1, status["total"])
+    done = status["total"] - status["pending"]
+    filled = int(width * done / total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{status['total']} written")
+    sys.stderr.flush()
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    since = None
+    if args.action == "export" and args.since:
+        from bot.engine.rollback import TargetError, parse_since
+
+        try:
+            since = parse_since(args.since)
+        except TargetError as exc:
+            raise CLIError(str(exc).replace("since:", "--since ")) from None
+    found: list[dict[str, Any]] = []
+
+    async def run(ledger: Any) -> int:
+        if args.action == "export":
+            found.extend(await ledger.audit_events(since=since))
+            return 0
+        checked, broken = await ledger.verify_audit()
+        if broken is None:
+            print(f"audit trail intact: {checked} event(s), every link verified")
+            return 0
+        print(
+            f"audit trail BROKEN at event #{broken['id']} ({broken['kind']} at {broken['at']:%Y-%m-%d %H:%M:%S}): "
+            f"its hash does not match its content or its predecessor; {checked} event(s) before it verified"
+        )
+        return 1
+
+    status = asyncio.run(_with_ledger(settings, run))
+    if args.action == "export":
+        if args.output:
+            with open(args.output, "w", newline="") as out:
+                write_audit(found, args.format, out)
+            print(f"wrote {len(found)} event(s) to {args.output}", file=sys.stderr)
+        else:
+            write_audit(found, args.format, sys.stdout)
+    return status
+
+
+def write_audit(events: list[dict[str, Any]], fmt: str, out: Any) -> None:
+    import csv
+    import json
+
+    columns = ["id", "at", "actor", "kind", "proposal_id", "change_id", "data", "prev_hash", "hash"]
+    if fmt == "jsonl":
+        for event in events:
+            out.write(json.dumps({c: event[c] for c in columns}, default=str, sort_keys=True) + "\n")
+        return
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for event in events:
+        writer.writerow(
+            [json.dumps(event[c], sort_keys=True) if c == "data" else event[c].isoformat() if c == "at" else event[c] for c in columns]
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bot", description="The CRM write gate for AI agents."
@@ -144,6 +278,24 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the configuration and tiers.yaml")
     check.set_defaults(func=cmd_check)
+
+    rollback = sub.add_parser("rollback", help="undo agent writes from their before-images")
+    rollback.add_argument("target", help="chg_..., prp_..., rb_..., run:RUN_ID, or 'agent:NAME since:WHEN'")
+    rollback.add_argument("--dry-run", action="store_true", help="show what would be reverted; write nothing")
+    rollback.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rollback.add_argument(
+        "--include-conflicts", action="store_true", help="also overwrite fields people changed since the agent"
+    )
+    rollback.set_defaults(func=cmd_rollback)
+
+    audit = sub.add_parser("audit", help="the hash-chained audit trail")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    audit_sub.add_parser("verify", help="check every link of the chain; report the first broken one")
+    export = audit_sub.add_parser("export", help="write the trail as JSON lines or CSV")
+    export.add_argument("--since", help="a time (2026-11-30T09:00Z) or a duration (14d)")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    audit.set_defaults(func=cmd_audit)
     return p
 
 

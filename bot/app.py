@@ -29,6 +29,7 @@ from bot.engine.committer import Committer
 from bot.engine.intake import Intake
 from bot.engine.ports import CRM
 from bot.engine.review import Reviews
+from bot.engine.rollback import Rollbacks
 from bot.ledger.db import make_engine, upgrade
 from bot.ledger.repo import Ledger
 from bot.policy import Policy, load_policy
@@ -52,6 +53,7 @@ class Gate:
     committer: Committer
     alerts: AlertDispatcher
     reviews: Reviews
+    rollbacks: Rollbacks
     callbacks: CallbackSender
     slack_client: Any
     bolt: Any
@@ -71,6 +73,7 @@ class Gate:
             "alerts": self.alerts.run(self.stop_event),
             "reviews": self.reviews.run(self.stop_event),
             "callbacks": periodic(self.callbacks.run_once, self.stop_event, 1.0),
+            "rollbacks": periodic(self.rollbacks.finish_settled, self.stop_event, 1.0),
         }
         for name, job in jobs.items():
             self.tasks.append(asyncio.create_task(job, name=name))  # type: ignore[arg-type]
@@ -249,6 +252,7 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
         committer=committer,
         alerts=alerts,
         reviews=reviews,
+        rollbacks=Rollbacks(ledger, crm, on_queued=committer.wake, on_alert=alerts.wake),
         callbacks=CallbackSender(ledger, secret, owner=owner),
         slack_client=slack.client,
         bolt=None,
@@ -271,6 +275,11 @@ async def start_slack(gate: Gate, base_url: str) -> None:
         stand_in.events_url = f"{base_url}/slack/events"
 
 
+def _write_private(path: Path, text: str) -> None:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+
+
 def sandbox_banner(settings: Settings) -> list[str]:
     lines = []
     if settings.crm_sandbox:
@@ -288,6 +297,8 @@ def sandbox_banner(settings: Settings) -> list[str]:
             "  To use real Slack install the app from manifest.yml and set SLACK_BOT_TOKEN, "
             "SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN for Socket Mode) and SLACK_ALERTS_CHANNEL."
         )
+    if settings.crm_sandbox and settings.slack_sandbox:
+        lines.append(f"Open http://localhost:{settings.port}/sandbox/ to try it as a rep or as ops.")
     return lines
 
 
@@ -306,8 +317,7 @@ async def serve(settings: Settings) -> None:
         log.warning(line)
     if settings.crm_sandbox:
         _, key = await gate.ledger.create_agent("sandbox-agent", replace=True)
-        SANDBOX_KEY_FILE.write_text(key + "\n")
-        SANDBOX_KEY_FILE.chmod(0o600)
+        _write_private(SANDBOX_KEY_FILE, key)
         log.warning("  A sandbox agent key (new at each start) is in %s. Try:", SANDBOX_KEY_FILE)
         log.warning(
             "  curl -s localhost:%d/v1/proposals -H \"Authorization: Bearer $(cat %s)\" "

@@ -232,4 +232,8 @@ def build_web_app(gate: Gate) -> web.Application:
         from bot.slack.app import events_route
 
         app.router.add_routes([events_route(gate.bolt)])
+    if gate.slack_stand_in is not None and gate.settings.crm_sandbox:
+        from bot.sandbox.page import sandbox_routes
+
+        app.router.add_routes(sandbox_routes(gate))
     return app

@@ -233,7 +233,8 @@ async def make_server(sqlite_url: str, hubspot: Any, slack: Any) -> AsyncIterato
     started: list[tuple[Running, web.AppRunner]] = []
 
     async def make(**extra: Any) -> Running:
-        running, runner = await start_gate(gate_settings(sqlite_url, hubspot, slack, **extra), hubspot, slack)
+        url = extra.pop("database_url", sqlite_url)
+        running, runner = await start_gate(gate_settings(url, hubspot, slack, **extra), hubspot, slack)
         started.append((running, runner))
         return running
 

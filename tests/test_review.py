@@ -8,86 +8,25 @@ import asyncio
 import copy
 import json
 import time
-from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import (
+    AVA,
+    BEN,
+    OPS,
+    OUTSIDER,
+    action_ids,
+    change_status,
+    eventually,
+    message_text,
+    propose_stage,
+    review_dm,
+)
 
 from bot.engine.callbacks import SIGNATURE_HEADER, verify
 from bot.sandbox import seed
 from bot.sandbox.slack import AppRejected
-
-AVA, BEN, OPS, OUTSIDER = "U0AVA", "U0BEN", seed.OPS_USER.slack_id, seed.OUTSIDER.slack_id
-
-
-async def eventually(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def action_ids(message: dict[str, Any]) -> list[str]:
-    return [
-        e["action_id"]
-        for b in message.get("blocks") or []
-        if b["type"] == "actions"
-        for e in b["elements"]
-    ]
-
-
-def message_text(message: dict[str, Any]) -> str:
-    return json.dumps(message.get("blocks") or []) + message.get("text", "")
-
-
-async def propose_stage(server, record_id: str = "9001", stage: str = "contractsent", **extra) -> dict[str, Any]:
-    status, body = await server.propose(
-        {
-            "object": "deals",
-            "record_id": record_id,
-            "changes": {"dealstage": stage},
-            "reason": "Buyer asked for the contract on the call",
-            "evidence": ["https://calls.example.com/rec/42"],
-            "run_id": "run-7",
-            **extra,
-        }
-    )
-    assert status == 202, body
-    assert body["changes"][0]["status"] == "pending_review"
-    return body
-
-
-async def review_dm(server, user_id: str, proposal_id: str) -> tuple[str, dict[str, Any]]:
-    """Wait for the review message of `proposal_id` in the user's DM."""
-    channel = server.slack.dm_channel(user_id)
-
-    def find():
-        for m in server.slack.messages(channel):
-            if proposal_id in json.dumps(m.get("blocks") or []):
-                return m
-        return None
-
-    message = await eventually(find, what=f"review DM to {user_id}")
-    return channel, message
-
-
-async def change_status(server, proposal_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
-    async def check():
-        detail = await server.proposal(proposal_id)
-        return detail if detail["changes"][0]["status"] == status else None
-
-    return await eventually(check, timeout, f"change to become {status}")
-
-
-async def current_message(server, channel: str, ts: str) -> dict[str, Any]:
-    return server.slack.message(channel, ts)
-
 
 # --- routing and the message --------------------------------------------------------------------
 

@@ -49,7 +49,9 @@ class AlertDispatcher:
                 pass
             self._wake.clear()
             try:
-                while not stop.is_set() and await self.run_once():
+                while not stop.is_set():
+                    if not await self.run_once():
+                        break
                     await asyncio.sleep(self.min_interval)
             except Exception:
                 log.exception("alert dispatch failed; retrying")

@@ -88,15 +88,20 @@ class Committer:
             return 0
         by_object: dict[str, list[ChangeWork]] = defaultdict(list)
         activities = []
+        deletions = []
         for item in work:
             if item.kind == ChangeKind.ACTIVITY:
                 activities.append(item)
+            elif item.kind == ChangeKind.COMPENSATION and isinstance(item.target, dict):
+                deletions.append(item)  # the compensation of an activity deletes it
             else:
                 by_object[item.object_type].append(item)
         for object_type, items in by_object.items():
             await self._commit_fields(object_type, items)
         for item in activities:
             await self._commit_activity(item)
+        for item in deletions:
+            await self._delete_activity(item)
         self.on_outcome()
         return len(work)
 
@@ -147,11 +152,12 @@ class Committer:
                     alerts.append(self._alert("conflict", item, message))
                 continue
             if item.has_observed and not same_value(item.observed, now_value):
+                seen_by = "the gate wrote" if item.kind == ChangeKind.COMPENSATION else "the agent observed"
                 moves.append(
                     self._conflict(
                         item,
                         now_value,
-                        f"the agent observed {preview(item.observed)!r} but the CRM holds {preview(now_value)!r}",
+                        f"{seen_by} {preview(item.observed)!r} but the CRM holds {preview(now_value)!r}",
                     )
                 )
             elif item.has_shown and not same_value(item.shown, now_value):
@@ -303,6 +309,42 @@ class Committer:
         await self.ledger.transition(
             [self._committed(item, activity_id=activity_id)], owner=self.owner
         )
+
+    async def _delete_activity(self, item: ChangeWork) -> None:
+        """Compensate a note or task: delete it. Deleting is idempotent (gone is gone), so an
+        interrupted deletion is simply tried again."""
+        if item.status == ChangeStatus.QUEUED:
+            moved = await self.ledger.transition(
+                [
+                    (
+                        item.id,
+                        ChangeStatus.QUEUED,
+                        ChangeStatus.COMMITTING,
+                        {"before": item.target, "before_captured": True},
+                        AuditEvent("change.committing", "committer", item.proposal_id, item.id, {}),
+                    )
+                ],
+                owner=self.owner,
+            )
+            if not moved:
+                return
+            item.status = ChangeStatus.COMMITTING
+        item.before = item.target
+        try:
+            await self.crm.delete_activity(item.field, str(item.target["delete_activity"]))
+        except CRMError as exc:
+            if exc.kind != CRMErrorKind.NOT_FOUND:
+                if exc.retryable:
+                    await self._defer([item], exc)
+                else:
+                    await self.ledger.transition(
+                        [self._fail(item, exc.message, from_status=ChangeStatus.COMMITTING)],
+                        owner=self.owner,
+                        alert_rows=[self._alert("failed", item, exc.message)],
+                    )
+                    self.on_alert()
+                return
+        await self.ledger.transition([self._committed(item)], owner=self.owner)
 
     # --- helpers -------------------------------------------------------------------------------
     async def _defer(self, items: list[ChangeWork], exc: CRMError) -> None:

@@ -400,9 +400,18 @@ def _with_shown(rows: list[dict[str, Any]], shown: dict[str, Any]) -> list[dict[
 def build_view(row: dict[str, Any]) -> ReviewView:
     """The review as a person sees it, from a ledger row (`Ledger.proposal`)."""
     specs = row.get("review_fields") or {}
+    rolled_back_by = {
+        c["reverts_change_id"]: c["decided_by"]
+        for c in row["changes"]
+        if c["kind"] == "compensation" and c["status"] == ChangeStatus.COMMITTED.value
+    }
     lines = []
     for c in row["changes"]:
-        if c["tier"] != Tier.REVIEWED.value or c["status"] in ("refused", "blocked", "shadowed"):
+        if (
+            c["tier"] != Tier.REVIEWED.value
+            or c["kind"] == "compensation"
+            or c["status"] in ("refused", "blocked", "shadowed")
+        ):
             continue
         spec = specs.get(c["field"]) or {"label": c["field"], "type": "string", "options": []}
         approved = c["approved"] if c["decided_at"] and c["status"] != "rejected" else None
@@ -417,7 +426,7 @@ def build_view(row: dict[str, Any]) -> ReviewView:
                 approved=approved,
                 edited=c["decided_at"] is not None and c["status"] != "rejected" and approved != c["proposed"],
                 error=c["error"],
-                rolled_back_by=c.get("rolled_back_by"),
+                rolled_back_by=rolled_back_by.get(c["id"]),
             )
         )
     state = row["review_state"]

@@ -30,6 +30,7 @@ from bot.ledger.tables import (
     changes,
     idempotency_keys,
     proposals,
+    rollbacks,
 )
 
 GENESIS = "0" * 64
@@ -879,3 +880,201 @@ class Ledger:
                 select(callbacks).where(callbacks.c.proposal_id == proposal_id).order_by(callbacks.c.created_at)
             )
             return [dict(r._mapping) for r in rows]
+
+    # --- rollbacks -----------------------------------------------------------------------------
+    async def rollback_candidates(
+        self,
+        *,
+        change_id: str | None = None,
+        proposal_id: str | None = None,
+        rollback_id: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        since: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Committed changes a rollback target names that no compensation has reverted yet."""
+        reverter = changes.alias("reverter")
+        active = (
+            select(reverter.c.id)
+            .where(
+                reverter.c.reverts_change_id == changes.c.id,
+                reverter.c.status.in_(["queued", "committing", "committed"]),
+            )
+            .exists()
+        )
+        agent_writes = changes.c.kind.in_(["field", "activity"])
+        where = [changes.c.status == "committed", ~active]
+        if change_id is not None:
+            where.append(changes.c.id == change_id)
+        elif proposal_id is not None:
+            where += [changes.c.proposal_id == proposal_id, agent_writes]
+        elif rollback_id is not None:
+            where += [changes.c.rollback_id == rollback_id, changes.c.kind == "compensation"]
+        elif run_id is not None:
+            where += [proposals.c.run_id == run_id, agent_writes]
+        elif agent is not None:
+            where += [agents.c.name == agent, proposals.c.created_at >= since, agent_writes]
+        else:
+            raise ValueError("no rollback target")
+        # An activity's compensation deleted it: there is nothing to restore.
+        where.append(~and_(changes.c.kind == "compensation", changes.c.activity_id.is_not(None)))
+        where.append(~and_(changes.c.kind == "activity", changes.c.activity_id.is_(None)))
+        query = (
+            select(changes, proposals.c.object_type, proposals.c.record_id)
+            .join(proposals, proposals.c.id == changes.c.proposal_id)
+            .join(agents, agents.c.id == proposals.c.agent_id)
+            .where(*where)
+            .order_by(changes.c.created_at, changes.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def create_rollback(
+        self, rollback_id: str, *, target: str, requested_by: str, plan: list[dict[str, Any]], event: AuditEvent
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                rollbacks.insert().values(
+                    id=rollback_id,
+                    target=target,
+                    requested_by=requested_by,
+                    state="previewed",
+                    include_conflicts=False,
+                    plan=plan,
+                    created_at=utcnow(),
+                )
+            )
+            await self._append_audit(conn, [event])
+
+    async def rollback(self, rollback_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(rollbacks).where(rollbacks.c.id == rollback_id))).first()
+            return dict(row._mapping) if row else None
+
+    async def confirm_rollback(
+        self,
+        rollback_id: str,
+        *,
+        actor: str,
+        include_conflicts: bool,
+        items: list[dict[str, Any]],
+        event: AuditEvent,
+    ) -> int:
+        """previewed -> confirmed, once; queue one compensation per item not yet reverted."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(rollbacks)
+                .where(rollbacks.c.id == rollback_id, rollbacks.c.state == "previewed")
+                .values(state="confirmed", include_conflicts=include_conflicts, confirmed_at=now)
+            )
+            if not result.rowcount:
+                return 0
+            ids = [i["change_id"] for i in items]
+            originals = {
+                r.id: r
+                for r in await conn.execute(
+                    select(changes).where(changes.c.id.in_(ids)).with_for_update()
+                )
+            }
+            reverter = changes.alias("reverter")
+            already = {
+                r[0]
+                for r in await conn.execute(
+                    select(reverter.c.reverts_change_id).where(
+                        reverter.c.reverts_change_id.in_(ids),
+                        reverter.c.status.in_(["queued", "committing", "committed"]),
+                    )
+                )
+            }
+            next_seq: dict[str, int] = {}
+            rows, events = [], [event]
+            for item in items:
+                original = originals.get(item["change_id"])
+                if original is None or original.status != "committed" or original.id in already:
+                    continue
+                pid = original.proposal_id
+                if pid not in next_seq:
+                    next_seq[pid] = 1 + int(
+                        await conn.scalar(select(func.max(changes.c.seq)).where(changes.c.proposal_id == pid)) or 0
+                    )
+                is_activity = original.kind == "activity"
+                target = {"delete_activity": original.activity_id} if is_activity else original.before
+                guarded = item["verdict"] == "revert" and not is_activity
+                change_id = new_id("chg")
+                rows.append(
+                    {
+                        "id": change_id,
+                        "proposal_id": pid,
+                        "seq": next_seq[pid],
+                        "kind": "compensation",
+                        "field": original.field,
+                        "tier": original.tier,
+                        "mode": "live",
+                        "status": "queued",
+                        "proposed": target,
+                        "approved": target,
+                        "has_observed": guarded,
+                        "observed": original.written if guarded else None,
+                        "reverts_change_id": original.id,
+                        "rollback_id": rollback_id,
+                        "activity_id": original.activity_id if is_activity else None,
+                        "decided_by": actor,
+                        "decided_at": now,
+                        "attempts": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                next_seq[pid] += 1
+                events.append(
+                    AuditEvent(
+                        "change.compensation_queued",
+                        actor,
+                        pid,
+                        change_id,
+                        {"reverts": original.id, "restore": target, "forced": not guarded and not is_activity},
+                    )
+                )
+            if rows:
+                await conn.execute(changes.insert(), rows)
+            await self._append_audit(conn, events)
+            return len(rows)
+
+    async def cancel_rollback(self, rollback_id: str, event: AuditEvent) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(rollbacks)
+                .where(rollbacks.c.id == rollback_id, rollbacks.c.state == "previewed")
+                .values(state="cancelled", finished_at=utcnow())
+            )
+            if result.rowcount:
+                await self._append_audit(conn, [event])
+            return bool(result.rowcount)
+
+    async def rollback_changes(self, rollback_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(changes).where(changes.c.rollback_id == rollback_id).order_by(changes.c.created_at)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def confirmed_rollbacks(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            return [r[0] for r in await conn.execute(select(rollbacks.c.id).where(rollbacks.c.state == "confirmed"))]
+
+    async def finish_rollback(
+        self, rollback_id: str, *, summary: dict[str, Any], alert: dict[str, Any], event: AuditEvent
+    ) -> bool:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(rollbacks)
+                .where(rollbacks.c.id == rollback_id, rollbacks.c.state == "confirmed")
+                .values(state="done", summary=summary, finished_at=now)
+            )
+            if not result.rowcount:
+                return False
+            await conn.execute(alerts.insert().values(**alert, created_at=now, attempts=0))
+            await self._append_audit(conn, [event])
+            return True

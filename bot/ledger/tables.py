@@ -162,6 +162,7 @@ changes = Table(
     Column("error", Text),
     Column("activity_id", String(64)),
     Column("reverts_change_id", String(40), ForeignKey("changes.id")),
+    Column("rollback_id", String(40), ForeignKey("rollbacks.id")),
     Column("decided_by", String(100)),
     Column("decided_at", Ts),
     Column("committed_at", Ts),
@@ -179,6 +180,7 @@ changes = Table(
     CheckConstraint("status <> 'committed' OR before_captured", name="committed_has_before"),
     Index("ix_changes_status_lease", "status", "lease_expires"),
     Index("ix_changes_reverts", "reverts_change_id"),
+    Index("ix_changes_rollback", "rollback_id"),
 )
 
 audit_events = Table(
@@ -196,6 +198,23 @@ audit_events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
     Index("ix_audit_proposal", "proposal_id"),
+)
+
+rollbacks = Table(
+    "rollbacks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("target", Text, nullable=False),
+    Column("requested_by", String(200), nullable=False),
+    Column("state", String(20), nullable=False),  # previewed -> confirmed -> done | cancelled
+    Column("include_conflicts", Boolean, nullable=False, default=False),
+    Column("plan", JSON, nullable=False),  # the preview: what would be reverted, what conflicts
+    Column("summary", JSON),
+    Column("created_at", Ts, nullable=False),
+    Column("confirmed_at", Ts),
+    Column("finished_at", Ts),
+    CheckConstraint(_in("state", ["previewed", "confirmed", "done", "cancelled"]), name="state"),
+    Index("ix_rollbacks_state", "state"),
 )
 
 callbacks = Table(

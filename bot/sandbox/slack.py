@@ -991,6 +991,19 @@ class SlackStandIn(StandIn):
             if channel and target.message_ts
             else None
         )
+        if original is None and channel and target.message_ts:
+            # Slack also replaces (or deletes) an ephemeral message that was interacted with.
+            original = next(
+                (
+                    e
+                    for e in self._ephemerals.get(target.user_id, [])
+                    if e["channel"] == channel and e["ts"] == target.message_ts
+                ),
+                None,
+            )
+            if original is not None and _truthy(body.get("delete_original")):
+                self._ephemerals[target.user_id].remove(original)
+                return 200, "ok"
         if _truthy(body.get("delete_original")):
             if original is None or channel is None:
                 return 404, "message_not_found"
@@ -1238,7 +1251,7 @@ class SlackStandIn(StandIn):
             },
             "channel": {"id": channel, "name": self._channels[channel].name},
             "state": {"values": {}},
-            "response_url": self._new_response_url(user_id, channel, None if ephemeral else ts),
+            "response_url": self._new_response_url(user_id, channel, ts),
             "actions": [self._action(block, button)],
         }
         if not ephemeral:

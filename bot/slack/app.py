@@ -15,7 +15,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack import actions, events, views
+from bot.slack import actions, commands, events, views
 
 if TYPE_CHECKING:
     from bot.app import Gate
@@ -33,6 +33,7 @@ def build_bolt_app(gate: Gate, client: AsyncWebClient, signing_secret: str | Non
     actions.register(app, gate)
     views.register(app, gate)
     events.register(app, gate)
+    commands.register(app, gate)
     return app
 
 

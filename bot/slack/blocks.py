@@ -923,3 +923,92 @@ def reminder_text(view: ReviewView, now: datetime) -> str:
     else:
         left = f"in about {_plural(round(minutes / 60), 'hour')}"
     return f"{text}; the review expires {left} ({slack_date(view.expires_at)})."
+
+
+# --- /crm-rollback ------------------------------------------------------------------------------
+ROLLBACK_CONFIRM = "rollback_confirm"
+ROLLBACK_INCLUDE_CONFLICTS = "rollback_include_conflicts"
+ROLLBACK_CONFIRM_FORCE = "rollback_confirm_force"
+ROLLBACK_CANCEL = "rollback_cancel"
+_VERDICTS = {
+    "revert": ":leftwards_arrow_with_hook: will be reverted",
+    "conflict": ":warning: conflict: a person changed it since; left alone",
+    "already": ":white_check_mark: already holds the old value",
+    "missing": ":grey_question: record not found",
+}
+ROLLBACK_ITEMS_SHOWN = 30
+
+
+def _button(text: str, action_id: str, value: str, style: str | None = None) -> JSON:
+    button: JSON = {"type": "button", "text": _plain(text, 75), "action_id": action_id, "value": value}
+    if style:
+        button["style"] = style
+    return button
+
+
+def _rollback_item(item: Any) -> str:
+    where = f"{md(item.object_type, 60)} {md(item.record_id, 64)} · `{md(item.field, 100)}`"
+    if item.kind == "activity":
+        return f"{where}: the {md(item.field, 20)} the agent created will be deleted"
+    return (
+        f"{where}: now {md(_flat(str(item.now)) if item.now is not None else '(empty)', 120)} "
+        f"{ARROW} restore {md(item.restore if item.restore is not None else '(empty)', 120)}"
+        f"\n{_VERDICTS[item.verdict]}"
+    )
+
+
+def rollback_preview(plan: Any) -> tuple[str, list[JSON]]:
+    """The answer to `/crm-rollback TARGET`: what would be reverted, and the buttons."""
+    reverts, conflicts = plan.count("revert"), plan.count("conflict")
+    summary = (
+        f"*Rollback preview* for `{md(plan.target, 200)}`: {reverts} to revert, {conflicts} conflict(s), "
+        f"{plan.count('already')} already reverted, {plan.count('missing')} missing."
+    )
+    blocks: list[JSON] = [_section(summary), {"type": "divider"}]
+    shown = list(plan.items)[:ROLLBACK_ITEMS_SHOWN]
+    blocks += [_section(_rollback_item(item)) for item in shown]
+    if len(plan.items) > len(shown):
+        blocks.append(_context(f"…and {len(plan.items) - len(shown)} more."))
+    buttons = []
+    if reverts:
+        buttons.append(_button(f"Confirm: revert {reverts}", ROLLBACK_CONFIRM, plan.id, "primary"))
+    if conflicts:
+        buttons.append(_button("Include conflicts too…", ROLLBACK_INCLUDE_CONFLICTS, plan.id))
+    buttons.append(_button("Cancel", ROLLBACK_CANCEL, plan.id))
+    blocks.append({"type": "actions", "block_id": f"rollback:{plan.id}", "elements": buttons})
+    return f"Rollback preview for {clip(plan.target, 200)}: {reverts} to revert, {conflicts} conflict(s)", blocks
+
+
+def rollback_force_confirm(rollback_id: str, conflicts: int) -> tuple[str, list[JSON]]:
+    """The second confirmation before overwriting values people set since the agent's write."""
+    text = (
+        f":warning: Including conflicts overwrites {conflicts} value(s) that people set after the agent "
+        "wrote them. Their edits will be lost (the rollback itself can be rolled back)."
+    )
+    return text, [
+        _section(text),
+        {
+            "type": "actions",
+            "block_id": f"rollback-force:{rollback_id}",
+            "elements": [
+                _button("Yes, overwrite them too", ROLLBACK_CONFIRM_FORCE, rollback_id, "danger"),
+                _button("Cancel", ROLLBACK_CANCEL, rollback_id),
+            ],
+        },
+    ]
+
+
+def rollback_result(status: Mapping[str, Any]) -> tuple[str, list[JSON]]:
+    if not status["settled"]:
+        text = f":hourglass_flowing_sand: Rolling back `{md(status['target'], 200)}`: {status['reverted']} of {status['total']} reverted so far…"
+        return clip(text, FALLBACK_TEXT), [_section(text)]
+    text = (
+        f":rewind: Rolled back `{md(status['target'], 200)}` ({md(status['id'], 40)}): "
+        f"*{status['reverted']}* reverted, *{status['conflicts']}* conflict(s) left alone, "
+        f"*{status['failed']}* failed."
+    )
+    blocks = [_section(text)]
+    for failure in list(status.get("failures") or [])[:20]:
+        blocks.append(_context(f"`{md(failure['field'], 100)}` ({md(failure['change_id'], 40)}): {md(failure['error'], 500)}"))
+    blocks.append(_context(f"Undo this rollback with `/crm-rollback {md(status['id'], 40)}`."))
+    return clip(text, FALLBACK_TEXT), blocks

@@ -62,6 +62,25 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_proposal", "audit_events", ["proposal_id"], unique=False)
     op.create_table(
+        "rollbacks",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("target", sa.Text(), nullable=False),
+        sa.Column("requested_by", sa.String(length=200), nullable=False),
+        sa.Column("state", sa.String(length=20), nullable=False),
+        sa.Column("include_conflicts", sa.Boolean(), nullable=False),
+        sa.Column("plan", sa.JSON(), nullable=False),
+        sa.Column("summary", sa.JSON(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "state IN ('previewed', 'confirmed', 'done', 'cancelled')",
+            name=op.f("ck_rollbacks_state"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rollbacks")),
+    )
+    op.create_index("ix_rollbacks_state", "rollbacks", ["state"], unique=False)
+    op.create_table(
         "proposals",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("agent_id", sa.String(length=40), nullable=False),
@@ -139,6 +158,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("activity_id", sa.String(length=64), nullable=True),
         sa.Column("reverts_change_id", sa.String(length=40), nullable=True),
+        sa.Column("rollback_id", sa.String(length=40), nullable=True),
         sa.Column("decided_by", sa.String(length=100), nullable=True),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("committed_at", sa.DateTime(timezone=True), nullable=True),
@@ -168,10 +188,14 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["reverts_change_id"], ["changes.id"], name=op.f("fk_changes_reverts_change_id_changes")
         ),
+        sa.ForeignKeyConstraint(
+            ["rollback_id"], ["rollbacks.id"], name=op.f("fk_changes_rollback_id_rollbacks")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_changes")),
         sa.UniqueConstraint("proposal_id", "seq", name=op.f("uq_changes_proposal_id_seq")),
     )
     op.create_index("ix_changes_reverts", "changes", ["reverts_change_id"], unique=False)
+    op.create_index("ix_changes_rollback", "changes", ["rollback_id"], unique=False)
     op.create_index("ix_changes_status_lease", "changes", ["status", "lease_expires"], unique=False)
     op.create_table(
         "idempotency_keys",
@@ -228,6 +252,7 @@ def downgrade() -> None:
     op.drop_table("callbacks")
     op.drop_table("idempotency_keys")
     op.drop_index("ix_changes_status_lease", table_name="changes")
+    op.drop_index("ix_changes_rollback", table_name="changes")
     op.drop_index("ix_changes_reverts", table_name="changes")
     op.drop_table("changes")
     op.drop_index("ix_proposals_run", table_name="proposals")
@@ -235,6 +260,8 @@ def downgrade() -> None:
     op.drop_index("ix_proposals_review", table_name="proposals")
     op.drop_index("ix_proposals_agent_created", table_name="proposals")
     op.drop_table("proposals")
+    op.drop_index("ix_rollbacks_state", table_name="rollbacks")
+    op.drop_table("rollbacks")
     op.drop_index("ix_audit_proposal", table_name="audit_events")
     op.drop_table("audit_events")
     op.drop_index("ix_alerts_unsent", table_name="alerts")
