@@ -109,11 +109,77 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """tiers.yaml against the CRM's live schema: every listed field exists and is writable."""
     settings = load_settings()
     policy = load_policy(settings.tiers_file)
     fields = policy.listed_fields(settings.policy_crm)
     print(f"{settings.tiers_file}: valid; {len(fields)} field(s) listed for {settings.policy_crm}")
-    return 0
+    if settings.crm_sandbox:
+        print("CRM=sandbox: the schema check runs against the sandbox's seeded HubSpot schema")
+    return asyncio.run(_check(settings, policy))
+
+
+async def _check(settings: Settings, policy: Any) -> int:
+    from bot.app import build_crm
+    from bot.engine.ports import CRMError
+    from bot.engine.schema import SchemaCache, check_policy
+
+    stand_ins: list[Any] = []
+    crm = await build_crm(settings, stand_ins)
+    try:
+        findings = await check_policy(policy, settings.policy_crm, SchemaCache(crm))
+    except CRMError as exc:
+        raise CLIError(f"could not read the CRM's schema: {exc.message}") from None
+    finally:
+        await crm.close()
+        for stand_in in stand_ins:
+            await stand_in.stop()
+    for finding in findings:
+        print(f"{finding.severity}: {finding.message}")
+    errors = sum(f.severity == "error" for f in findings)
+    print("schema check: " + ("OK, every listed field exists and is writable" if not findings else f"{errors} error(s), {len(findings) - errors} warning(s)"))
+    return 1 if errors else 0
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    import json
+
+    from bot.config import parse_duration
+    from bot.engine.shadow import report_json, report_table
+
+    settings = load_settings()
+    policy = load_policy(settings.tiers_file)
+    try:
+        window = parse_duration(args.since) if args.action == "report" else None
+    except ValueError as exc:
+        raise CLIError(f"--since: {exc}") from None
+
+    async def run(ledger: Any) -> int:
+        from bot.app import build_crm, replica_id
+        from bot.engine.shadow import Shadow
+        from bot.ledger.repo import utcnow
+
+        stand_ins: list[Any] = []
+        crm = await build_crm(settings, stand_ins) if args.action == "evaluate" else None
+        try:
+            shadow = Shadow(ledger, crm, policy, settings.policy_crm, owner=replica_id(), delay=settings.shadow_eval_delay)  # type: ignore[arg-type]
+            if args.action == "evaluate":
+                captured = await shadow.capture()
+                judged = await shadow.evaluate(ignore_delay=args.now)
+                print(f"captured {captured} current value(s); judged {judged} shadowed proposal(s)")
+                return 0
+            assert window is not None
+            since = utcnow() - window
+            reports = await shadow.report(since)
+            print(json.dumps(report_json(reports, since), indent=2) if args.format == "json" else report_table(reports, since))
+            return 0
+        finally:
+            if crm is not None:
+                await crm.close()
+            for stand_in in stand_ins:
+                await stand_in.stop()
+
+    return asyncio.run(_with_ledger(settings, run))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -250,6 +316,12 @@ def write_audit(events: list[dict[str, Any]], fmt: str, out: Any) -> None:
         )
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bot.bench import run_bench
+
+    return run_bench(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bot", description="The CRM write gate for AI agents."
@@ -276,8 +348,17 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     agents.set_defaults(func=cmd_agents)
 
-    check = sub.add_parser("check", help="validate the configuration and tiers.yaml")
+    check = sub.add_parser("check", help="check the configuration and tiers.yaml against the CRM's schema")
     check.set_defaults(func=cmd_check)
+
+    shadow = sub.add_parser("shadow", help="shadow mode: evaluate shadowed proposals, report precision")
+    shadow_sub = shadow.add_subparsers(dest="action", required=True)
+    evaluate = shadow_sub.add_parser("evaluate", help="judge shadowed proposals whose window has passed")
+    evaluate.add_argument("--now", action="store_true", help="judge every shadowed proposal, ignoring the window")
+    report = shadow_sub.add_parser("report", help="precision per field and the promotion verdict")
+    report.add_argument("--since", default="14d", help="how far back (default 14d)")
+    report.add_argument("--format", choices=["table", "json"], default="table")
+    shadow.set_defaults(func=cmd_shadow)
 
     rollback = sub.add_parser("rollback", help="undo agent writes from their before-images")
     rollback.add_argument("target", help="chg_..., prp_..., rb_..., run:RUN_ID, or 'agent:NAME since:WHEN'")
@@ -296,6 +377,18 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     audit.set_defaults(func=cmd_audit)
+
+    bench = sub.add_parser("bench", help="load the gate against the CRM and Slack stand-ins; print one table")
+    bench.add_argument("--seconds", type=float, default=15.0, help="length of each phase (default 15)")
+    bench.add_argument("--rate", type=float, default=200.0, help="offered rate for intake latency (default 200/s)")
+    bench.add_argument("--commit-rate", type=float, default=100.0, help="offered rate for the commit path (default 100/s)")
+    bench.add_argument("--agents", type=int, default=256, help="concurrent agents: requests in flight at saturation (default 256)")
+    bench.add_argument("--crm-latency", type=float, default=0.1, help="seconds the CRM stand-in adds to each request (default 0.1)")
+    bench.add_argument("--crm-limit", type=int, default=100, help="CRM requests allowed per window, stand-in and gate (default 100)")
+    bench.add_argument("--crm-window", type=float, default=10.0, help="the CRM rate window in seconds (default 10)")
+    bench.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    bench.add_argument("--replicas", type=int, choices=[1, 2], default=1, help="gate processes on one database")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

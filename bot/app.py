@@ -9,6 +9,7 @@ signing secret the stand-in signs with. Same code paths, same wire, no accounts 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -22,16 +23,20 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.engine.alerts import AlertDispatcher
 from bot.engine.callbacks import CallbackSender
 from bot.engine.committer import Committer
+from bot.engine.drift import Drift, DriftLimits
 from bot.engine.intake import Intake
-from bot.engine.ports import CRM
+from bot.engine.ports import CRM, CRMError
 from bot.engine.review import Reviews
 from bot.engine.rollback import Rollbacks
+from bot.engine.schema import Finding, SchemaCache, SchemaWatch
+from bot.engine.shadow import Shadow
 from bot.ledger.db import make_engine, upgrade
 from bot.ledger.repo import Ledger
+from bot.metrics import InstrumentedCRM, Metrics
 from bot.policy import Policy, load_policy
 from bot.sandbox import seed
 
@@ -57,6 +62,11 @@ class Gate:
     callbacks: CallbackSender
     slack_client: Any
     bolt: Any
+    metrics: Metrics
+    schemas: SchemaCache
+    schema_watch: SchemaWatch
+    shadow: Shadow
+    drift: Drift
     auth: Any = None
     stand_ins: list[Any] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -74,9 +84,28 @@ class Gate:
             "reviews": self.reviews.run(self.stop_event),
             "callbacks": periodic(self.callbacks.run_once, self.stop_event, 1.0),
             "rollbacks": periodic(self.rollbacks.finish_settled, self.stop_event, 1.0),
+            "shadow-capture": periodic(self.shadow.capture, self.stop_event, 1.0),
+            "shadow-evaluate": periodic(self.shadow.evaluate, self.stop_event, 60.0),
+            "drift": periodic(self.drift.check, self.stop_event, 60.0),
+            "schema": periodic(
+                self.check_schema, self.stop_event, self.settings.schema_check_interval.total_seconds()
+            ),
+            "gauges": periodic(self.refresh_gauges, self.stop_event, 10.0),
         }
         for name, job in jobs.items():
             self.tasks.append(asyncio.create_task(job, name=name))  # type: ignore[arg-type]
+
+    async def check_schema(self) -> int:
+        """The periodic drift check of tiers.yaml against the CRM's schema (alerts on change)."""
+        try:
+            await self.schema_watch.run_once()
+        except CRMError as exc:
+            log.warning("schema check skipped: the CRM answered %s: %s", exc.kind.value, exc.message)
+        return 0
+
+    async def refresh_gauges(self) -> int:
+        self.metrics.pending_reviews.set(await self.ledger.pending_review_count())
+        return 0
 
     async def close(self) -> None:
         self.stop_event.set()
@@ -91,6 +120,7 @@ class Gate:
         if self.socket_handler is not None:
             await self.socket_handler.close_async()
         await self.callbacks.close()
+        await self.slack_client.session.close()
         await self.crm.close()
         await self.ledger.close()
         for stand_in in self.stand_ins:
@@ -153,7 +183,26 @@ class SlackSetup:
     ops_users: list[str]
 
 
-async def build_slack(settings: Settings, stand_ins: list[Any]) -> SlackSetup:
+def govern(crm: CRM, engine: Any, settings: Settings, metrics: Metrics) -> CRM:
+    """Every CRM call spends from one budget shared by all replicas (through the database)."""
+    from bot.engine.governor import GovernedCRM
+    from bot.ledger.budget import SqlBudgetStore
+
+    defaults = {"salesforce": 200}  # HubSpot private apps: 100 per 10 s at the lowest tier
+    return GovernedCRM(
+        crm,
+        SqlBudgetStore(engine),
+        name=str(settings.crm),
+        requests=settings.crm_rate_limit or defaults.get(str(settings.crm), 100),
+        per_seconds=settings.crm_rate_window.total_seconds(),
+        daily_limit=settings.crm_daily_limit,
+        daily_share=settings.crm_daily_share,
+        max_concurrency=settings.crm_max_workers,
+        on_wait=metrics.waited,
+    )
+
+
+async def build_slack(settings: Settings, stand_ins: list[Any], metrics: Metrics) -> SlackSetup:
     from bot.slack.client import make_client
 
     if settings.slack_sandbox:
@@ -166,7 +215,7 @@ async def build_slack(settings: Settings, stand_ins: list[Any]) -> SlackSetup:
         await slack.start()
         stand_ins.append(slack)
         return SlackSetup(
-            make_client(slack.bot_token, slack.api_url),
+            make_client(slack.bot_token, slack.api_url, metrics),
             settings.slack_alerts_channel or seed.ALERTS_CHANNEL,
             slack.signing_secret,
             settings.review_fallback_channel or seed.FALLBACK_CHANNEL,
@@ -174,7 +223,7 @@ async def build_slack(settings: Settings, stand_ins: list[Any]) -> SlackSetup:
         )
     assert settings.slack_bot_token is not None and settings.slack_alerts_channel is not None
     return SlackSetup(
-        make_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url),
+        make_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url, metrics),
         settings.slack_alerts_channel,
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None,
         settings.review_fallback_channel,
@@ -193,10 +242,14 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
         await upgrade(engine)
     ledger = Ledger(engine)
     stand_ins: list[Any] = []
-    crm = await build_crm(settings, stand_ins)
-    slack = await build_slack(settings, stand_ins)
-    channel = SlackChannel(slack.client, slack.alerts_channel)
+    metrics = Metrics()
+    crm = govern(InstrumentedCRM(await build_crm(settings, stand_ins), metrics), engine, settings, metrics)
+    slack = await build_slack(settings, stand_ins, metrics)
+    if settings.shadow_all is not None:
+        policy = dataclasses.replace(policy, shadow_all=settings.shadow_all)
+    schemas = SchemaCache(crm)
     owner = replica_id()
+    channel = SlackChannel(slack.client, slack.alerts_channel)
     committer = Committer(
         ledger,
         crm,
@@ -223,6 +276,8 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
         interval=settings.job_interval,
     )
     committer.on_alert = alerts.wake
+    committer.metrics = metrics
+    reviews.metrics = metrics
     committer.on_outcome = reviews.wake
     reviews.on_alert = alerts.wake
     reviews.on_decided = committer.wake
@@ -237,6 +292,33 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
         review_expiry=settings.review_expiry,
         reminder_before=settings.review_reminder,
         callbacks_enabled=settings.callback_signing_secret is not None or settings.crm_sandbox,
+        schemas=schemas,
+        metrics=metrics,
+    )
+
+    async def schema_changed(new: list[Finding], resolved: list[Finding]) -> None:
+        lines = [f":warning: {f.message}" for f in new if f.severity == "error"]
+        lines += [f":white_check_mark: resolved: {f.message}" for f in resolved if f.severity == "error"]
+        if lines:
+            await ledger.enqueue_alert(
+                "schema", "tiers.yaml and the CRM's schema disagree; proposals for these fields are refused:\n" + "\n".join(lines)
+                if any(f.severity == "error" for f in new)
+                else "\n".join(lines),
+            )
+            alerts.wake()
+
+    schema_watch = SchemaWatch(policy, settings.policy_crm, schemas, on_change=schema_changed)
+    intake.blocked_fields = schema_watch.blocked_fields
+    reviews.describe = schemas.get
+    drift_limits = DriftLimits(
+        window=settings.drift_window,
+        min_events=settings.drift_min_events,
+        rejection_rate=settings.drift_rejection_rate,
+        edit_rate=settings.drift_edit_rate,
+        rollback_rate=settings.drift_rollback_rate,
+        volume_window=settings.volume_window,
+        volume_share=settings.volume_alarm_share,
+        volume_min_records=settings.volume_alarm_min_records,
     )
     secret = (
         settings.callback_signing_secret.get_secret_value()
@@ -256,6 +338,13 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
         callbacks=CallbackSender(ledger, secret, owner=owner),
         slack_client=slack.client,
         bolt=None,
+        metrics=metrics,
+        schemas=schemas,
+        schema_watch=schema_watch,
+        shadow=Shadow(
+            ledger, crm, policy, settings.policy_crm, owner=owner, delay=settings.shadow_eval_delay, metrics=metrics
+        ),
+        drift=Drift(ledger, crm, drift_limits, on_alert=alerts.wake),
         stand_ins=stand_ins,
     )
     gate.bolt = build_bolt_app(gate, slack.client, slack.signing_secret)
@@ -273,6 +362,26 @@ async def start_slack(gate: Gate, base_url: str) -> None:
     stand_in = gate.slack_stand_in
     if stand_in is not None:
         stand_in.events_url = f"{base_url}/slack/events"
+
+
+async def startup_schema_check(gate: Gate) -> None:
+    """A field tiers.yaml lists that the CRM does not have stops start-up (unless lenient)."""
+    try:
+        findings = await gate.schema_watch.run_once()
+    except CRMError as exc:
+        if exc.kind.value == "unauthorized":
+            raise ConfigError(f"the CRM refused the credentials: {exc.message}") from None
+        log.warning("could not check tiers.yaml against the CRM's schema at start-up: %s", exc.message)
+        return
+    errors = [f for f in findings if f.severity == "error"]
+    for finding in findings:
+        log.warning("schema: %s", finding.message)
+    if errors and gate.settings.schema_check == "strict":
+        raise ConfigError(
+            f"{gate.settings.tiers_file} does not match the CRM: "
+            + "; ".join(f.message for f in errors)
+            + " (fix tiers.yaml, or set SCHEMA_CHECK=lenient to start and refuse those fields)"
+        )
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -306,6 +415,11 @@ async def serve(settings: Settings) -> None:
     from bot.web import build_web_app
 
     gate = await build_gate(settings)
+    try:
+        await startup_schema_check(gate)
+    except BaseException:
+        await gate.close()
+        raise
     app = build_web_app(gate)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -93,6 +93,24 @@ class Settings(BaseSettings):
     commit_batch_size: int = Field(default=100, ge=1, le=200)
     lease_duration: Duration = timedelta(seconds=60)
     job_interval: Duration = timedelta(seconds=1)
+    # --- shadow mode, drift, schema ------------------------------------------------------------
+    shadow_all: bool | None = None  # overrides tiers.yaml's gate.shadow_all when set
+    shadow_eval_delay: Duration = timedelta(hours=24)
+    drift_window: Duration = timedelta(hours=24)
+    drift_min_events: int = Field(default=10, ge=1)
+    drift_rejection_rate: float = Field(default=0.3, gt=0, le=1)
+    drift_edit_rate: float = Field(default=0.5, gt=0, le=1)
+    drift_rollback_rate: float = Field(default=0.1, gt=0, le=1)
+    volume_window: Duration = timedelta(hours=1)
+    volume_alarm_share: float = Field(default=0.2, gt=0, le=1)
+    volume_alarm_min_records: int = Field(default=20, ge=1)
+    schema_check: Literal["strict", "lenient"] = "strict"
+    schema_check_interval: Duration = timedelta(minutes=10)
+    # --- the CRM's API budget ------------------------------------------------------------------
+    crm_rate_limit: int = Field(default=0, ge=0)  # requests per CRM_RATE_WINDOW; 0: the CRM's default
+    crm_rate_window: Duration = timedelta(seconds=10)
+    crm_daily_limit: int | None = Field(default=None, ge=1)
+    crm_daily_share: float = Field(default=1.0, gt=0, le=1)
     # Set when the sandbox is asked for explicitly (`serve --sandbox`).
     sandbox: bool = False
 
@@ -102,7 +120,17 @@ class Settings(BaseSettings):
         return _split_list(value)
 
     @field_validator(
-        "review_expiry", "review_reminder", "commit_linger", "lease_duration", "job_interval", mode="before"
+        "review_expiry",
+        "review_reminder",
+        "commit_linger",
+        "lease_duration",
+        "job_interval",
+        "shadow_eval_delay",
+        "drift_window",
+        "volume_window",
+        "schema_check_interval",
+        "crm_rate_window",
+        mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> Any:

@@ -210,6 +210,27 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    gate = request.app[GATE]
+    return web.Response(body=gate.metrics.render(), headers={"Content-Type": gate.metrics.content_type})
+
+
+async def shadow_report(request: web.Request) -> web.Response:
+    from bot.config import parse_duration
+    from bot.engine.shadow import report_json
+    from bot.ledger.repo import utcnow
+
+    gate = request.app[GATE]
+    if await gate.auth(request) is None:
+        return unauthorized()
+    try:
+        window = parse_duration(request.query.get("since", "14d"))
+    except ValueError as exc:
+        return error(400, "invalid_since", f"since: {exc}", "since")
+    since = utcnow() - window
+    return web.json_response(report_json(await gate.shadow.report(since), since))
+
+
 async def healthz(request: web.Request) -> web.Response:
     gate = request.app[GATE]
     try:
@@ -228,6 +249,8 @@ def build_web_app(gate: Gate) -> web.Application:
     app.router.add_get("/v1/proposals/{proposal_id}", get_proposal)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/shadow/report", shadow_report)
     if gate.settings.slack_app_token is None:
         from bot.slack.app import events_route
 

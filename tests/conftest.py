@@ -194,7 +194,7 @@ def gate_settings(database_url: str, crm_stand_in: Any, slack: Any, **extra: Any
         slack_api_url=slack.api_url,
         slack_alerts_channel=seed.ALERTS_CHANNEL,
         database_url=database_url,
-        tiers_file=ROOT / "tiers.yaml",
+        tiers_file=extra.pop("tiers_file", ROOT / "tiers.yaml"),
         commit_linger="10ms",
         job_interval="200ms",
         slack_ops_users=extra.pop("slack_ops_users", seed.OPS_USER.slack_id),

@@ -28,6 +28,7 @@ from hubspot.crm.objects import (  # type: ignore[import-untyped]
     BatchReadInputSimplePublicObjectId,
     PublicAssociationsForObject,
     PublicObjectId,
+    PublicObjectSearchRequest,
     SimplePublicObjectBatchInput,
     SimplePublicObjectId,
     SimplePublicObjectInputForCreate,
@@ -38,6 +39,7 @@ from bot.engine.ports import (
     Activity,
     CRMError,
     CRMErrorKind,
+    FieldChange,
     FieldOption,
     FieldSchema,
     Owner,
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BATCH_LIMIT = 100
+HISTORY_BATCH_LIMIT = 50  # batch read with propertiesWithHistory
 OWNER_TTL = 300.0  # seconds an owner lookup is trusted
 
 OBJECT_ALIASES = {
@@ -69,6 +72,9 @@ ASSOCIATION_TYPES: dict[tuple[str, str], int] = {
     ("notes", "deals"): 214, ("notes", "contacts"): 202, ("notes", "companies"): 190,
     ("tasks", "deals"): 216, ("tasks", "contacts"): 204, ("tasks", "companies"): 192,
 }  # fmt: skip
+# HubSpot's sourceType of a property change, in the port's terms; others pass through lowercased.
+INTEGRATION_SOURCES = {"INTEGRATION", "API", "PUBLIC_API"}
+HUMAN_SOURCES = {"CRM_UI", "MOBILE_IOS", "MOBILE_ANDROID"}
 EXPECTED_KINDS = (CRMErrorKind.NOT_FOUND, CRMErrorKind.VALIDATION)  # answers, not incidents
 WHOLE_CALL_KINDS = (CRMErrorKind.UNAUTHORIZED, CRMErrorKind.RATE_LIMITED, CRMErrorKind.TRANSIENT)
 STATUS_KINDS = {
@@ -114,6 +120,7 @@ class HubSpotCRM:
         crm = client.crm
         self._objects = crm.objects.basic_api
         self._batch = crm.objects.batch_api
+        self._search = crm.objects.search_api
         self._owners = crm.owners.owners_api
         self._properties = crm.properties.core_api
         self._pipelines = crm.pipelines.pipelines_api
@@ -217,6 +224,32 @@ class HubSpotCRM:
             fields["dealstage"] = dataclasses.replace(fields["dealstage"], options=stages)
         return fields
 
+    async def read_history(
+        self, object_type: str, record_ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, dict[str, list[FieldChange]]]:
+        """Batch reads with `propertiesWithHistory`, 50 records a request (HubSpot's limit when
+        history is asked for). HubSpot keeps history for every property; an unknown property, or
+        one never set, gets an empty list. Values are HubSpot's strings ("" for a cleared value);
+        `by` is the HubSpot user id when a person made the change, else HubSpot's sourceId (for
+        an integration, its app id)."""
+        object_type = canonical_type(object_type)
+        ids = list(dict.fromkeys(str(i) for i in record_ids))
+        names = list(dict.fromkeys(fields))
+        chunks = [ids[i : i + HISTORY_BATCH_LIMIT] for i in range(0, len(ids), HISTORY_BATCH_LIMIT)]
+        pages = await asyncio.gather(*(self._history_chunk(object_type, c, names) for c in chunks))
+        return {record_id: history for page in pages for record_id, history in page.items()}
+
+    async def count_records(self, object_type: str) -> int:
+        """The search API's `total` for a search with no filters (one result asked for). HubSpot's
+        search index trails writes by a few seconds, and the search API has its own, lower rate
+        limit (a few requests a second)."""
+        object_type = canonical_type(object_type)
+        request = PublicObjectSearchRequest(
+            filter_groups=[], sorts=[], properties=["hs_object_id"], limit=1
+        )
+        response = await self._call(self._search.do_search, object_type, request)
+        return int(response.total or 0)
+
     def record_url(self, object_type: str, record_id: str) -> str:
         object_type = canonical_type(object_type)
         type_id = OBJECT_TYPE_IDS.get(object_type, object_type)
@@ -228,7 +261,15 @@ class HubSpotCRM:
     async def close(self) -> None:
         # Waiting for an in-flight request (up to `timeout`) must not block the event loop.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        for api in (self._objects, self._batch, self._owners, self._properties, self._pipelines):
+        apis = (
+            self._objects,
+            self._batch,
+            self._search,
+            self._owners,
+            self._properties,
+            self._pipelines,
+        )
+        for api in apis:
             api.api_client.rest_client.pool_manager.clear()
 
     # --- batches ----------------------------------------------------------------------------
@@ -246,6 +287,22 @@ class HubSpotCRM:
             RecordState(str(obj.id), {f: (obj.properties or {}).get(f) for f in fields})
             for obj in response.results or []
         ]
+
+    async def _history_chunk(
+        self, object_type: str, ids: list[str], fields: list[str]
+    ) -> dict[str, dict[str, list[FieldChange]]]:
+        request = BatchReadInputSimplePublicObjectId(
+            properties=["hs_object_id"],
+            properties_with_history=fields,
+            inputs=[SimplePublicObjectId(id=i) for i in ids],
+        )
+        # As for reads, a 207 names the missing ids; only `results` exist.
+        response = await self._call(self._batch.read, object_type, request, archived=False)
+        out: dict[str, dict[str, list[FieldChange]]] = {}
+        for obj in response.results or []:
+            history = obj.properties_with_history or {}
+            out[str(obj.id)] = {f: _changes(history.get(f) or []) for f in fields}
+        return out
 
     async def _update_chunk(
         self, object_type: str, items: list[tuple[str, dict[str, Any]]]
@@ -348,6 +405,48 @@ class HubSpotCRM:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "[token]") if self._token else text
+
+
+def _changes(entries: Sequence[Any]) -> list[FieldChange]:
+    """HubSpot's ValueWithTimestamp entries as FieldChanges, newest first."""
+    changes = []
+    for entry in entries:
+        at = _utc(entry.timestamp)
+        if at is None:
+            continue  # an entry without a usable time cannot be placed in the history
+        user = entry.updated_by_user_id
+        changes.append(
+            FieldChange(
+                value=entry.value,
+                at=at,
+                source=_source(entry.source_type),
+                by=str(user) if user is not None else (entry.source_id or None),
+            )
+        )
+    # HubSpot lists newest first already; the stable sort keeps its order for equal times.
+    changes.sort(key=lambda c: c.at, reverse=True)
+    return changes
+
+
+def _source(source_type: str | None) -> str:
+    kind = (source_type or "").upper()
+    if kind in INTEGRATION_SOURCES:
+        return "integration"
+    if kind in HUMAN_SOURCES:
+        return "human"
+    return kind.lower() or "unknown"
+
+
+def _utc(moment: Any) -> datetime | None:
+    """An aware UTC datetime from what the client deserialized (a datetime, or a string)."""
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(moment, datetime):
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _message(body: Any) -> str | None:

@@ -3,7 +3,9 @@
 simple-salesforce is synchronous (requests), so every call runs on this adapter's own thread pool.
 Reads are SOQL `WHERE Id IN (...)` queries; writes are sObject Collections updates
 (`PATCH composite/sobjects`, `allOrNone: false`, 200 records a request) whose per-record results
-become per-record `CRMError`s. Nothing untrusted is ever interpolated into SOQL: object types and
+become per-record `CRMError`s. Field history comes from the object's history table
+(`OpportunityFieldHistory`, `{Object}History`, `{Custom}__History`); counts from `SELECT COUNT()`.
+Nothing untrusted is ever interpolated into SOQL: object types and
 field names must be API names, record ids must be 15/18 alphanumerics, and anything else is
 refused before a request is made. Writes are never retried here: the engine decides.
 """
@@ -16,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -30,6 +32,7 @@ from bot.engine.ports import (
     Activity,
     CRMError,
     CRMErrorKind,
+    FieldChange,
     FieldOption,
     FieldSchema,
     Owner,
@@ -56,6 +59,8 @@ _TYPES = {
     "datetime": "datetime",
     "boolean": "bool",
 }
+# History tables that do not follow `{Object}History` / `{Object}Id`.
+_HISTORY_TABLES = {"opportunity": ("OpportunityFieldHistory", "OpportunityId")}
 _WHO_TYPES = {"lead", "contact"}
 _ACTIVITY_TYPES = {"task": "Task", "note": "Note"}
 
@@ -136,6 +141,59 @@ def _chunks(items: Sequence[T], size: int = BATCH) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _history_table(sobject: str) -> tuple[str, str]:
+    """(history object, its field naming the record) for an object's field history."""
+    known = _HISTORY_TABLES.get(sobject.lower())
+    if known is not None:
+        return known
+    if sobject.lower().endswith("__c"):
+        return f"{sobject[:-3]}__History", "ParentId"
+    return f"{sobject}History", f"{sobject}Id"
+
+
+def _history_names(field: str) -> list[str]:
+    """The names a field's changes are filed under in a history table, lowercased. A standard
+    lookup (OwnerId, AccountId) is filed under its relationship name (Owner, Account)."""
+    lower = field.lower()
+    if lower.endswith("id") and len(lower) > 2 and "__" not in lower:
+        return [lower, lower[:-2]]
+    return [lower]
+
+
+def _quote(text: str) -> str:
+    """A SOQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _when(value: Any) -> datetime | None:
+    """A Salesforce datetime (2026-01-05T09:30:00.000+0000) as an aware UTC datetime."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _one_per_change(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A lookup change is filed twice at the same moment: once with ids, once with names.
+    Keep the id rows, as `read_records` returns ids for a lookup."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row.get("CreatedDate"), row.get("CreatedById"), str(row.get("Field")).lower())
+        groups.setdefault(key, []).append(row)
+    kept: list[dict[str, Any]] = []
+    for group in groups.values():
+        ids = [
+            r
+            for r in group
+            if all(v is None or _valid_id(v) for v in (r.get("OldValue"), r.get("NewValue")))
+        ]
+        kept.extend(ids if len(group) > 1 and 0 < len(ids) < len(group) else group)
+    return kept
+
+
 class SalesforceCRM:
     kind = "salesforce"
 
@@ -150,7 +208,11 @@ class SalesforceCRM:
         domain: str | None = None,
         version: str = "59.0",
         max_workers: int = 8,
+        integration_user_id: str | None = None,
     ) -> None:
+        """`integration_user_id`: the user whose changes `read_history` reports as
+        "integration". By default, the user this adapter is authenticated as, when Salesforce
+        says (userinfo for a token, the username for a login); else no change is."""
         parsed = urlparse(instance_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError("instance_url must be an http(s) URL")
@@ -173,6 +235,10 @@ class SalesforceCRM:
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="salesforce")
         self._sf: Salesforce | None = None
         self._sf_lock = threading.Lock()
+        if integration_user_id is not None and not _valid_id(integration_user_id):
+            raise ValueError("integration_user_id must be a Salesforce user id")
+        self._integration_user = integration_user_id
+        self._integration_known = integration_user_id is not None
 
     # --- plumbing ----------------------------------------------------------------------------
     def _client(self) -> Salesforce:
@@ -280,6 +346,30 @@ class SalesforceCRM:
 
     def _query_all(self, soql: str) -> list[dict[str, Any]]:
         return list(self._client().query_all(soql)["records"])
+
+    def _query(self, soql: str) -> Any:
+        return self._client().query(soql)
+
+    def _whoami(self) -> str | None:
+        """The id of the user this adapter acts as, when Salesforce will say."""
+        username = self._login[0]
+        if self._token is None and username:
+            rows = self._query_all(f"SELECT Id FROM User WHERE Username = {_quote(username)}")
+            return str(rows[0]["Id"]) if rows else None
+        info = self._client().oauth2("userinfo")
+        user = info.get("user_id") if isinstance(info, Mapping) else None
+        return str(user) if _valid_id(user) else None
+
+    async def _integration_user_id(self) -> str | None:
+        if not self._integration_known:
+            try:
+                user = await self._run(self._whoami)
+            except CRMError as err:
+                if err.retryable:
+                    raise
+                user = None  # e.g. a session without the identity scope: unknown, for good
+            self._integration_user, self._integration_known = user, True
+        return self._integration_user
 
     @staticmethod
     def _type(object_type: str) -> str:
@@ -476,6 +566,90 @@ class SalesforceCRM:
                 options=options,
             )
         return schema
+
+    async def read_history(
+        self, object_type: str, record_ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, dict[str, list[FieldChange]]]:
+        """Field history from the object's history table: `OpportunityFieldHistory`
+        (`OpportunityId`), `{Object}History` (`{Object}Id`: Lead, Contact, Account, ...) or
+        `{Custom}__History` (`ParentId`), 200 records a query.
+
+        Salesforce records history only for fields with history tracking turned on (at most 20
+        an object) and keeps it 18 to 24 months: a field that is not tracked simply has no rows
+        and gets an empty list, as does every field of an object without a history table, and
+        relationship paths (Owner.Email). Callers fall back to current values. A standard
+        lookup's changes are filed under its relationship name (OwnerId under Owner) and twice
+        (ids and names): the ids are returned. `source` is "integration" when the change was
+        made by the integration user (see `__init__`), else "human": Salesforce attributes every
+        change to a user. `by` is that user's id; `value` is the NewValue.
+        """
+        sobject = self._type(object_type)
+        names = list(dict.fromkeys(fields))
+        self._fields(names)  # refuses anything that is not a field name or path
+        filed: dict[str, list[str]] = {}  # lowercased history Field -> fields asked for
+        for name in names:
+            if _NAME.fullmatch(name):
+                for alias in _history_names(name):
+                    filed.setdefault(alias, []).append(name)
+        existing, integration = await asyncio.gather(
+            self.read_records(sobject, record_ids, []), self._integration_user_id()
+        )
+        out: dict[str, dict[str, list[FieldChange]]] = {
+            rid: {name: [] for name in names} for rid in existing
+        }
+        spellings: dict[str, list[str]] = {}  # 15-char id -> ids as the caller spelled them
+        for rid in existing:
+            spellings.setdefault(rid[:15], []).append(rid)
+        if not filed or not spellings:
+            return out
+        table, parent = _history_table(sobject)
+        wanted = ", ".join(_quote(f) for f in filed)
+        soqls = [
+            f"SELECT Id, {parent}, Field, OldValue, NewValue, CreatedDate, CreatedById "
+            f"FROM {table} WHERE {parent} IN ({_quote_ids(chunk)}) AND Field IN ({wanted}) "
+            "ORDER BY CreatedDate DESC"
+            for chunk in _chunks([ids[0] for ids in spellings.values()])
+        ]
+        try:
+            pages = await asyncio.gather(*(self._run(self._query_all, q) for q in soqls))
+        except SalesforceCRMError as err:
+            if err.code != "INVALID_TYPE":
+                raise
+            return out  # no history table: history tracking is off for the whole object
+        dated = [
+            (at, row)
+            for row in _one_per_change([row for page in pages for row in page])
+            if (at := _when(row.get("CreatedDate"))) is not None
+        ]
+        # Newest first; Salesforce ids grow with time, so the id breaks ties within a moment.
+        dated.sort(key=lambda d: (d[0], str(d[1].get("Id") or "")), reverse=True)
+        for at, row in dated:
+            record = str(_pluck(row, parent) or "")[:15]
+            if record not in spellings:
+                continue
+            by = row.get("CreatedById")
+            if by is None:
+                source = "unknown"
+            elif integration is not None and str(by)[:15] == integration[:15]:
+                source = "integration"
+            else:
+                source = "human"
+            change = FieldChange(
+                value=row.get("NewValue"), at=at, source=source, by=str(by) if by else None
+            )
+            for name in filed.get(str(row.get("Field") or "").lower(), []):
+                for rid in spellings[record]:
+                    out[rid][name].append(change)
+        return out
+
+    async def count_records(self, object_type: str) -> int:
+        """`SELECT COUNT() FROM {object}`: Salesforce answers the count as `totalSize`."""
+        sobject = self._type(object_type)
+        result = await self._run(self._query, f"SELECT COUNT() FROM {sobject}")
+        try:
+            return int(result["totalSize"])
+        except (TypeError, KeyError, ValueError):
+            raise CRMError(CRMErrorKind.TRANSIENT, "unexpected COUNT() response") from None
 
     def record_url(self, object_type: str, record_id: str) -> str:
         return f"{self.instance_url}/lightning/r/{object_type}/{record_id}/view"

@@ -59,6 +59,7 @@ class Committer:
         self._wake = asyncio.Event()
         self.on_alert: Any = lambda: None
         self.on_outcome: Any = lambda: None  # reviewed changes' messages show outcomes
+        self.metrics: Any = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -191,7 +192,7 @@ class Committer:
 
         # The recovery point: before-images are durable before any write is sent.
         fresh = [i for i in to_write if i.status == ChangeStatus.QUEUED]
-        moved = await self.ledger.transition(
+        moved = await self._move(
             [
                 (
                     i.id,
@@ -205,7 +206,7 @@ class Committer:
                 for i in fresh
             ]
             + moves,
-            owner=self.owner,
+            batch,
             alert_rows=alerts,
         )
         if alerts:
@@ -239,7 +240,7 @@ class Committer:
                 message = error.message if error else "the CRM gave no result for this record"
                 finals.append(self._fail(i, message, from_status=ChangeStatus.COMMITTING))
                 failed_alerts.append(self._alert("failed", i, message))
-        await self.ledger.transition(finals, owner=self.owner, alert_rows=failed_alerts)
+        await self._move(finals, writing, alert_rows=failed_alerts)
         if failed_alerts:
             self.on_alert()
 
@@ -249,9 +250,9 @@ class Committer:
             # Whether the CRM created it before the crash cannot be known without a marker:
             # a person checks, rather than risking a duplicate note or task.
             message = "interrupted while creating this activity; check the record for a duplicate or a gap"
-            await self.ledger.transition(
+            await self._move(
                 [self._conflict(item, None, message, from_status=ChangeStatus.COMMITTING)],
-                owner=self.owner,
+                [item],
                 alert_rows=[self._alert("conflict", item, message)],
             )
             self.on_alert()
@@ -298,17 +299,15 @@ class Committer:
             elif exc.retryable:
                 await self._defer([item], exc)
             else:
-                await self.ledger.transition(
+                await self._move(
                     [self._fail(item, exc.message, from_status=ChangeStatus.COMMITTING)],
-                    owner=self.owner,
+                    [item],
                     alert_rows=[self._alert("failed", item, exc.message)],
                 )
                 self.on_alert()
             return
         item.status = ChangeStatus.COMMITTING
-        await self.ledger.transition(
-            [self._committed(item, activity_id=activity_id)], owner=self.owner
-        )
+        await self._move([self._committed(item, activity_id=activity_id)], [item])
 
     async def _delete_activity(self, item: ChangeWork) -> None:
         """Compensate a note or task: delete it. Deleting is idempotent (gone is gone), so an
@@ -337,16 +336,31 @@ class Committer:
                 if exc.retryable:
                     await self._defer([item], exc)
                 else:
-                    await self.ledger.transition(
+                    await self._move(
                         [self._fail(item, exc.message, from_status=ChangeStatus.COMMITTING)],
-                        owner=self.owner,
+                        [item],
                         alert_rows=[self._alert("failed", item, exc.message)],
                     )
                     self.on_alert()
                 return
-        await self.ledger.transition([self._committed(item)], owner=self.owner)
+        await self._move([self._committed(item)], [item])
 
     # --- helpers -------------------------------------------------------------------------------
+    async def _move(self, moves: list[Move], items: list[ChangeWork], **kwargs: Any) -> list[str]:
+        """Transition, then count the outcomes that happened."""
+        moved = await self.ledger.transition(moves, owner=self.owner, **kwargs)
+        if self.metrics is not None and moved:
+            now = utcnow()
+            by_id = {i.id: i for i in items}
+            for change_id, _old, new, _values, _event in moves:
+                item = by_id.get(change_id)
+                if change_id in moved and item is not None and new != ChangeStatus.COMMITTING:
+                    if item.kind == ChangeKind.COMPENSATION:
+                        self.metrics.rollbacks.labels(new.value).inc()
+                    else:
+                        self.metrics.outcome(item.object_type, item.field, item.tier, new.value, item.created_at, now)
+        return moved
+
     async def _defer(self, items: list[ChangeWork], exc: CRMError) -> None:
         if exc.kind == CRMErrorKind.RATE_LIMITED and exc.retry_after:
             delay = exc.retry_after

@@ -21,6 +21,7 @@ from bot.domain import (
     ProposalIn,
     Tier,
 )
+from bot.engine.schema import validate_value
 from bot.engine.values import preview
 from bot.ledger.repo import (
     Agent,
@@ -74,6 +75,9 @@ class Intake:
         review_expiry: timedelta = timedelta(hours=24),
         reminder_before: timedelta | None = None,
         callbacks_enabled: bool = True,
+        schemas: Any = None,
+        blocked_fields: Callable[[], dict[tuple[str, str], str]] = dict,
+        metrics: Any = None,
     ) -> None:
         self.ledger = ledger
         self.policy = policy
@@ -85,6 +89,9 @@ class Intake:
         self.review_expiry = review_expiry
         self.reminder_before = reminder_before
         self.callbacks_enabled = callbacks_enabled
+        self.schemas = schemas  # a SchemaCache: values are checked against the CRM's schema
+        self.blocked_fields = blocked_fields  # fields the schema watch found gone or read-only
+        self.metrics = metrics
 
     def check(self, proposal: ProposalIn) -> None:
         """Whole-proposal checks that pydantic cannot make; raise ProposalRejected."""
@@ -126,9 +133,26 @@ class Intake:
 
     def classify(self, proposal: ProposalIn) -> list[Classified]:
         out = []
+        blocked = self.blocked_fields()
+        # Only a schema already in the cache is used: intake never waits for the CRM.
+        schema = self.schemas.peek(proposal.object) if self.schemas is not None else None
         for name, value in proposal.changes.items():
             rule = self.policy.classify(self.crm, proposal.object, name)
-            out.append(self._classified(ChangeKind.FIELD, name, rule, value, proposal.object))
+            item = self._classified(ChangeKind.FIELD, name, rule, value, proposal.object)
+            if item.status != ChangeStatus.REFUSED:
+                problem = blocked.get((proposal.object, name))
+                if problem is None and schema is not None:
+                    spec = schema.get(name)
+                    problem = (
+                        f"field {name!r} does not exist on {proposal.object} in the CRM"
+                        if spec is None
+                        else f"field {name!r} is read-only in the CRM"
+                        if not spec.writable
+                        else validate_value(spec, value)
+                    )
+                if problem:
+                    item = Classified(item.kind, name, rule, ChangeStatus.REFUSED, problem, value)
+            out.append(item)
         for activity in proposal.activities:
             rule = self.policy.classify_activity(self.crm, proposal.object, activity.kind)
             body = activity.model_dump(exclude_none=True)
@@ -288,6 +312,8 @@ class Intake:
             status=202,
             body=answer,
         )
+        if not stored.replayed and self.metrics is not None:
+            self.metrics.received(proposal.object, change_rows)
         if not stored.replayed and any(i.status == ChangeStatus.QUEUED for i in classified):
             self.on_queued()
         if not stored.replayed and alert_rows:

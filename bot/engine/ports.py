@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,6 +87,24 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class FieldChange:
+    """One past value of a field, as the CRM's own field history records it.
+
+    `value` is the value the field took, in the CRM's wire form (as `read_records` returns
+    values: HubSpot strings, Salesforce JSON types). `at` is when, an aware UTC datetime.
+    `source` is "integration" (written through the API by an integration, e.g. this gate),
+    "human" (a person, in the CRM's UI) or the CRM's own source name lowercased when it is
+    neither (e.g. HubSpot's "workflows", "import"). `by` is who, when the CRM says: a user id
+    (HubSpot's updatedByUserId or else its sourceId; Salesforce's CreatedById).
+    """
+
+    value: Any
+    at: datetime
+    source: str
+    by: str | None = None
+
+
+@dataclass(frozen=True)
 class Activity:
     """A note or a task to create on a record."""
 
@@ -136,6 +155,30 @@ class CRM(Protocol):
 
     def record_url(self, object_type: str, record_id: str) -> str:
         """A link a person can open to see the record in the CRM."""
+        ...
+
+    async def read_history(
+        self, object_type: str, record_ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, dict[str, list[FieldChange]]]:
+        """The CRM's own change history of `fields`: `{record_id: {field: [change, ...]}}`.
+
+        Changes are newest first. Records that do not exist are absent; every asked field of a
+        record that exists has an entry, an empty list when the CRM kept no history for it.
+
+        History is best-effort: the CRMs keep it only for some fields (Salesforce tracks at most
+        20 chosen fields per object, HubSpot keeps a bounded number of past values) and only
+        for a while (Salesforce 18 to 24 months), and its sources are only as precise as the
+        CRM's own attribution. An empty list therefore means "unknown", never "never changed":
+        callers fall back to current values (`read_records`), and the ledger, not the CRM's
+        history, stays the store of before-images.
+        """
+        ...
+
+    async def count_records(self, object_type: str) -> int:
+        """How many (live, not archived or deleted) records of `object_type` the CRM holds.
+
+        Best-effort too: HubSpot's search index lags writes by a few seconds.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -75,6 +75,7 @@ class Reviews:
         self.interval = interval.total_seconds()
         self.on_decided: Callable[[], None] = lambda: None
         self.on_alert: Callable[[], None] = lambda: None
+        self.metrics: Any = None
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -305,6 +306,12 @@ class Reviews:
         )
         if not won:
             return Decision("already_decided", await self.view(proposal_id))
+        if self.metrics is not None:
+            now = utcnow()
+            self.metrics.review_latency.observe(max(0.0, (now - view.created_at).total_seconds()))
+            if decision == "rejected":
+                for line in pending.values():
+                    self.metrics.outcome(view.object_type, line.field.name, Tier.REVIEWED.value, "rejected", None, now)
         self.on_decided()
         self.wake()
         return Decision("decided", await self.view(proposal_id))
@@ -351,6 +358,10 @@ class Reviews:
                 event=AuditEvent("review.expired", "reviews", proposal_id),
             ):
                 count += 1
+                expired = await self.view(proposal_id) if self.metrics is not None else None
+                for line in expired.lines if expired else ():
+                    if line.status == ChangeStatus.EXPIRED.value:
+                        self.metrics.outcome(expired.object_type, line.field.name, Tier.REVIEWED.value, "expired", None, now)
         return count
 
     async def remind_due(self) -> int:

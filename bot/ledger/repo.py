@@ -28,9 +28,11 @@ from bot.ledger.tables import (
     audit_events,
     callbacks,
     changes,
+    drift_alarms,
     idempotency_keys,
     proposals,
     rollbacks,
+    shadow_outcomes,
 )
 
 GENESIS = "0" * 64
@@ -107,6 +109,8 @@ class ChangeWork:
     before_captured: bool
     before: Any
     attempts: int
+    tier: str = "autonomous"
+    created_at: datetime | None = None
 
     @property
     def target(self) -> Any:
@@ -429,6 +433,8 @@ class Ledger:
                     before_captured=r.before_captured,
                     before=r.before,
                     attempts=r.attempts,
+                    tier=r.tier,
+                    created_at=r.created_at,
                 )
                 for r in rows
             ]
@@ -1078,3 +1084,198 @@ class Ledger:
             await conn.execute(alerts.insert().values(**alert, created_at=now, attempts=0))
             await self._append_audit(conn, [event])
             return True
+
+    # --- shadow mode ---------------------------------------------------------------------------
+    async def claim_shadow(
+        self, owner: str, phase: str, limit: int, lease: timedelta, *, older_than: datetime | None
+    ) -> list[dict[str, Any]]:
+        """Lease shadowed changes to capture (no current value yet) or to evaluate."""
+        now = utcnow()
+        free = or_(changes.c.lease_expires.is_(None), changes.c.lease_expires < now)
+        where = [changes.c.status == "shadowed", changes.c.kind == "field", free]
+        if phase == "capture":
+            where.append(changes.c.before_captured.is_(False))
+        else:
+            judged = select(shadow_outcomes.c.change_id).where(shadow_outcomes.c.change_id == changes.c.id).exists()
+            where += [changes.c.before_captured.is_(True), ~judged]
+            if older_than is not None:
+                where.append(changes.c.created_at <= older_than)
+        async with self.engine.begin() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(changes.c.id).where(*where).order_by(changes.c.created_at).limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ]
+            if not ids:
+                return []
+            await conn.execute(
+                update(changes).where(changes.c.id.in_(ids), free).values(lease_owner=owner, lease_expires=now + lease)
+            )
+            rows = await conn.execute(
+                select(changes, proposals.c.object_type, proposals.c.record_id)
+                .join(proposals, proposals.c.id == changes.c.proposal_id)
+                .where(changes.c.id.in_(ids), changes.c.lease_owner == owner)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def save_shadow_capture(self, values: dict[str, Any], owner: str) -> None:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            for change_id, value in values.items():
+                await conn.execute(
+                    update(changes)
+                    .where(changes.c.id == change_id, changes.c.lease_owner == owner)
+                    .values(before=value, before_captured=True, lease_expires=None, updated_at=now)
+                )
+
+    async def save_shadow_outcomes(self, outcomes: list[dict[str, Any]], owner: str, event: AuditEvent) -> None:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            for o in outcomes:
+                exists = await conn.scalar(
+                    select(shadow_outcomes.c.change_id).where(shadow_outcomes.c.change_id == o["change_id"])
+                )
+                if exists:
+                    continue
+                await conn.execute(
+                    shadow_outcomes.insert().values(
+                        change_id=o["change_id"],
+                        outcome=o["outcome"],
+                        human_value=o["human_value"],
+                        basis=o["basis"],
+                        evaluated_at=now,
+                    )
+                )
+                await conn.execute(
+                    update(changes).where(changes.c.id == o["change_id"], changes.c.lease_owner == owner).values(lease_expires=None)
+                )
+            await self._append_audit(conn, [event])
+
+    async def shadow_counts(self, since: datetime) -> dict[tuple[str, str], dict[str, int]]:
+        query = (
+            select(proposals.c.object_type, changes.c.field, shadow_outcomes.c.outcome, func.count())
+            .select_from(changes.join(proposals, proposals.c.id == changes.c.proposal_id).outerjoin(
+                shadow_outcomes, shadow_outcomes.c.change_id == changes.c.id
+            ))
+            .where(changes.c.status == "shadowed", changes.c.kind == "field", changes.c.created_at >= since)
+            .group_by(proposals.c.object_type, changes.c.field, shadow_outcomes.c.outcome)
+        )
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        async with self.engine.connect() as conn:
+            for object_type, field_name, outcome, n in await conn.execute(query):
+                c = counts.setdefault(
+                    (object_type, field_name), {"proposals": 0, "agreed": 0, "disagreed": 0, "unchanged": 0, "waiting": 0}
+                )
+                c["proposals"] += n
+                c[outcome or "waiting"] += n
+        return counts
+
+    # --- live precision and drift --------------------------------------------------------------
+    async def live_counts(self, since: datetime) -> dict[tuple[str, str, str], dict[str, int]]:
+        """Per (object, field, tier) since `since`: reviewed decisions, autonomous commits and
+        how many of those were rolled back."""
+        reverter = changes.alias("reverter")
+        rolled_back = (
+            select(reverter.c.id)
+            .where(reverter.c.reverts_change_id == changes.c.id, reverter.c.status == "committed")
+            .exists()
+        )
+        query = select(
+            proposals.c.object_type,
+            changes.c.field,
+            changes.c.tier,
+            changes.c.status,
+            changes.c.proposed,
+            changes.c.approved,
+            changes.c.decided_at,
+            rolled_back.label("rolled_back"),
+        ).join(proposals, proposals.c.id == changes.c.proposal_id).where(
+            changes.c.kind.in_(["field", "activity"]),
+            changes.c.mode == "live",
+            changes.c.tier.in_(["reviewed", "autonomous"]),
+            or_(changes.c.decided_at >= since, and_(changes.c.tier == "autonomous", changes.c.committed_at >= since)),
+        )
+        counts: dict[tuple[str, str, str], dict[str, int]] = {}
+        async with self.engine.connect() as conn:
+            for r in await conn.execute(query):
+                c = counts.setdefault(
+                    (r.object_type, r.field, r.tier),
+                    {"decided": 0, "approved": 0, "edited": 0, "rejected": 0, "expired": 0, "committed": 0, "rolled_back": 0},
+                )
+                if r.tier == "reviewed":
+                    if r.status == "expired":
+                        c["expired"] += 1
+                        continue
+                    if r.decided_at is None:
+                        continue
+                    c["decided"] += 1
+                    if r.status == "rejected":
+                        c["rejected"] += 1
+                    elif r.approved != r.proposed:
+                        c["edited"] += 1
+                    else:
+                        c["approved"] += 1
+                if r.status == "committed":
+                    c["committed"] += 1
+                    c["rolled_back"] += int(bool(r.rolled_back))
+        return counts
+
+    async def records_changed(self, since: datetime) -> dict[str, int]:
+        """Distinct records agents changed per object since `since`."""
+        query = (
+            select(proposals.c.object_type, func.count(func.distinct(proposals.c.record_id)))
+            .join(changes, changes.c.proposal_id == proposals.c.id)
+            .where(changes.c.status == "committed", changes.c.kind == "field", changes.c.committed_at >= since)
+            .group_by(proposals.c.object_type)
+        )
+        async with self.engine.connect() as conn:
+            return {o: int(n) for o, n in await conn.execute(query)}
+
+    async def raise_alarm(self, key: str, value: Any, alert: dict[str, Any]) -> bool:
+        """Raise an alarm once: True (and the alert queued) only if it was not already raised."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(drift_alarms).where(drift_alarms.c.key == key).with_for_update())).first()
+            if row is not None and row.cleared_at is None:
+                return False
+            if row is None:
+                await conn.execute(drift_alarms.insert().values(key=key, raised_at=now, value=value))
+            else:
+                await conn.execute(
+                    update(drift_alarms).where(drift_alarms.c.key == key).values(raised_at=now, cleared_at=None, value=value)
+                )
+            await conn.execute(alerts.insert().values(**alert, created_at=now, attempts=0))
+            await self._append_audit(conn, [AuditEvent("drift.alarm", "drift", data={"key": key, "value": value})])
+            return True
+
+    async def clear_alarm(self, key: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(drift_alarms).where(drift_alarms.c.key == key, drift_alarms.c.cleared_at.is_(None)).values(cleared_at=utcnow())
+            )
+
+    async def pending_review_count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count()).select_from(proposals).where(proposals.c.review_state.in_(["unrouted", "pending", "unroutable"]))
+                )
+                or 0
+            )
+
+    async def recent_changes(self, object_type: str, field_name: str, statuses: Sequence[str], limit: int = 3) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(changes, proposals.c.record_id)
+                .join(proposals, proposals.c.id == changes.c.proposal_id)
+                .where(proposals.c.object_type == object_type, changes.c.field == field_name, changes.c.status.in_(list(statuses)))
+                .order_by(changes.c.updated_at.desc())
+                .limit(limit)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def enqueue_alert(self, kind: str, text: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(alerts.insert().values(id=new_id("alr"), kind=kind, text=text, created_at=utcnow(), attempts=0))

@@ -217,6 +217,26 @@ rollbacks = Table(
     Index("ix_rollbacks_state", "state"),
 )
 
+shadow_outcomes = Table(
+    "shadow_outcomes",
+    metadata,
+    Column("change_id", String(40), ForeignKey("changes.id"), primary_key=True),
+    Column("outcome", String(20), nullable=False),
+    Column("human_value", JSON),
+    Column("basis", String(20), nullable=False),  # history | current | missing
+    Column("evaluated_at", Ts, nullable=False),
+    CheckConstraint(_in("outcome", ["agreed", "disagreed", "unchanged"]), name="outcome"),
+)
+
+drift_alarms = Table(
+    "drift_alarms",
+    metadata,
+    Column("key", String(300), primary_key=True),  # object.field.metric, or volume:object
+    Column("raised_at", Ts, nullable=False),
+    Column("cleared_at", Ts),
+    Column("value", JSON),
+)
+
 callbacks = Table(
     "callbacks",
     metadata,

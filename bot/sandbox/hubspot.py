@@ -1,19 +1,20 @@
 """A stateful stand-in for HubSpot's CRM v3 API, reached over real HTTP.
 
-It serves the endpoints the HubSpot adapter uses (objects, batch read/update, notes and tasks with
-associations, owners, properties, pipelines) in HubSpot's own wire shapes, and refuses what HubSpot
-refuses: unknown or read-only properties, values outside an enumeration, malformed numbers and
-dates, oversized batches, bad tokens. Values are stored as strings, every write is kept in a
-per-property history, and tests reach the state directly through the helpers at the bottom
-(`human_edit`, `value`, `history`, `activities`, schema changes).
+It serves the endpoints the HubSpot adapter uses (objects, batch read/update, search, notes and
+tasks with associations, owners, properties, pipelines) in HubSpot's own wire shapes, and refuses
+what HubSpot refuses: unknown or read-only properties, values outside an enumeration, malformed
+numbers and dates, oversized batches and search pages, bad tokens. Values are stored as strings,
+every write is kept in a per-property history, and tests reach the state directly through the
+helpers at the bottom (`human_edit`, `value`, `history`, `activities`, schema changes).
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -26,6 +27,17 @@ from bot.sandbox.base import Handler, StandIn
 
 BATCH_LIMIT = 100
 BATCH_HISTORY_LIMIT = 50  # batch read with propertiesWithHistory
+SEARCH_LIMIT = 200  # results per search page
+SEARCH_WINDOW = 10_000  # a search pages through at most this many results
+SEARCH_GROUPS, SEARCH_GROUP_FILTERS, SEARCH_FILTERS = 5, 10, 25
+SEARCH_OPERATORS = {
+    "EQ", "NEQ", "LT", "LTE", "GT", "GTE", "BETWEEN", "IN", "NOT_IN",
+    "HAS_PROPERTY", "NOT_HAS_PROPERTY", "CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN",
+}  # fmt: skip
+COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "EQ": operator.eq, "NEQ": operator.ne, "LT": operator.lt,
+    "LTE": operator.le, "GT": operator.gt, "GTE": operator.ge,
+}  # fmt: skip
 
 OBJECT_ALIASES = {
     "contact": "contacts", "0-1": "contacts",
@@ -235,6 +247,7 @@ class HubSpotStandIn(StandIn):
         objects = "/crm/v3/objects/{type}"
         app.router.add_post(objects + "/batch/read", self._batch_read)
         app.router.add_post(objects + "/batch/update", self._batch_update)
+        app.router.add_post(objects + "/search", self._search)
         app.router.add_post(objects, self._create)
         app.router.add_get(objects + "/{id}", self._get)
         app.router.add_patch(objects + "/{id}", self._patch)
@@ -424,6 +437,133 @@ class HubSpotStandIn(StandIn):
             self._write(obj, values, source_type="INTEGRATION", source_id=APP_ID)
             results.append(self._object_json(obj, list(values)))
         return self._batch_response(object_type, started, results, missing, "update")
+
+    async def _search(self, request: web.Request) -> web.Response:
+        """POST /crm/v3/objects/{type}/search: filterGroups (ORed; filters within a group ANDed),
+        query, sorts, properties, limit (at most 200) and after; answers total and one page."""
+        object_type = self._object_type(request)
+        body = await self._json(request)
+        try:
+            limit = int(body["limit"]) if body.get("limit") is not None else 10
+            start = int(body.get("after") or 0)
+            groups = list(body.get("filterGroups") or [])
+            if not all(
+                isinstance(g, dict) and isinstance(g.get("filters", []), list) for g in groups
+            ):
+                raise ValueError("filterGroups")
+        except (TypeError, ValueError):
+            return self._error(400, "Invalid input JSON on line 1, column 1", "VALIDATION_ERROR")
+        if limit > SEARCH_LIMIT or limit < 0:
+            return self._error(
+                400,
+                f"Invalid limit: {limit}. The limit must be between 0 and {SEARCH_LIMIT}.",
+                "VALIDATION_ERROR",
+            )
+        if start + limit > SEARCH_WINDOW:
+            return self._error(
+                400,
+                f"Search results are limited to {SEARCH_WINDOW}: after + limit is {start + limit}.",
+                "VALIDATION_ERROR",
+            )
+        count = sum(len(g.get("filters") or []) for g in groups)
+        if (
+            len(groups) > SEARCH_GROUPS
+            or count > SEARCH_FILTERS
+            or any(len(g.get("filters") or []) > SEARCH_GROUP_FILTERS for g in groups)
+        ):
+            return self._error(
+                400,
+                f"Too many filters: at most {SEARCH_GROUPS} filterGroups, {SEARCH_GROUP_FILTERS} "
+                f"filters in a group and {SEARCH_FILTERS} in all.",
+                "VALIDATION_ERROR",
+            )
+        for group in groups:
+            for flt in group.get("filters") or []:
+                if flt.get("operator") not in SEARCH_OPERATORS:
+                    return self._error(
+                        400,
+                        f"Invalid filter operator: {flt.get('operator')}",
+                        "VALIDATION_ERROR",
+                    )
+        schema = self.schemas[object_type]
+        found = [
+            obj
+            for obj in self.objects[object_type].values()
+            if not obj.archived
+            and (not groups or any(self._matches(obj, schema, g) for g in groups))
+            and self._matches_query(obj, str(body.get("query") or ""))
+        ]
+        found.sort(key=lambda o: int(o.id) if o.id.isdigit() else 0)
+        for sort in reversed(body.get("sorts") or []):
+            name, descending = _sort_spec(sort)
+            prop = schema.get(name)
+            keyed = [
+                (_sort_key(prop, o.properties[name]), o)
+                for o in found
+                if o.properties.get(name) not in (None, "")
+            ]
+            absent = [o for o in found if o.properties.get(name) in (None, "")]
+            try:
+                keyed.sort(key=operator.itemgetter(0), reverse=descending)
+            except TypeError:  # mixed numbers and text: order as text
+                keyed.sort(key=lambda pair: str(pair[0]), reverse=descending)
+            found = [o for _, o in keyed] + absent  # records without a value come last
+        props = list(body.get("properties") or []) or None
+        page = found[start : start + limit]
+        answer: dict[str, Any] = {
+            "total": len(found),
+            "results": [self._object_json(o, props) for o in page],
+        }
+        if start + limit < len(found):
+            answer["paging"] = {"next": {"after": str(start + limit)}}
+        return web.json_response(answer)
+
+    @staticmethod
+    def _matches(obj: StoredObject, schema: Mapping[str, Any], group: Mapping[str, Any]) -> bool:
+        for flt in group.get("filters") or []:
+            name = str(flt.get("propertyName", ""))
+            have = obj.properties.get(name)
+            op = flt["operator"]
+            if op in ("HAS_PROPERTY", "NOT_HAS_PROPERTY"):
+                if (have not in (None, "")) != (op == "HAS_PROPERTY"):
+                    return False
+                continue
+            if have in (None, ""):
+                if op not in ("NEQ", "NOT_IN", "NOT_CONTAINS_TOKEN"):
+                    return False
+                continue
+            prop = schema.get(name)
+            key = _sort_key(prop, have)
+            if op in ("CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"):
+                token = re.escape(str(flt.get("value", "")).lower()).replace(r"\*", ".*")
+                hit = re.search(token, str(have).lower()) is not None
+                if hit != (op == "CONTAINS_TOKEN"):
+                    return False
+                continue
+            if op in ("IN", "NOT_IN"):
+                values = [_sort_key(prop, v) for v in flt.get("values") or []]
+                if (key in values) != (op == "IN"):
+                    return False
+                continue
+            want = _sort_key(prop, flt.get("value", ""))
+            try:
+                if op == "BETWEEN":
+                    ok = want <= key <= _sort_key(prop, flt.get("highValue", ""))
+                else:
+                    ok = COMPARISONS[op](key, want)
+            except TypeError:  # a number compared with text: no match
+                ok = False
+            if not ok:
+                return False
+        return True
+
+    @staticmethod
+    def _matches_query(obj: StoredObject, query: str) -> bool:
+        if not query:
+            return True
+        words = query.lower().split()
+        text = " ".join(str(v) for v in obj.properties.values() if v).lower()
+        return all(w in text for w in words)
 
     def _too_many(self, count: int, limit: int) -> web.Response:
         return self._error(
@@ -894,6 +1034,28 @@ def _text(raw: Any) -> str:
     if isinstance(raw, float) and raw.is_integer():
         return str(int(raw))
     return str(raw)
+
+
+def _sort_spec(sort: Any) -> tuple[str, bool]:
+    """(property, descending) from a sort given as "name", "-name" or {propertyName, direction}."""
+    if isinstance(sort, Mapping):
+        name = str(sort.get("propertyName", ""))
+        return name, str(sort.get("direction", "")).upper() == "DESCENDING"
+    name = str(sort)
+    return (name[1:], True) if name.startswith("-") else (name, False)
+
+
+def _sort_key(prop: Mapping[str, Any] | None, raw: Any) -> Any:
+    """A property value in comparable form: numbers as Decimal, dates as datetimes, text folded."""
+    kind = (prop or {}).get("type")
+    if kind == "number":
+        try:
+            return Decimal(str(raw))
+        except InvalidOperation:
+            return str(raw).lower()
+    if kind in ("date", "datetime"):
+        return _parse_moment(raw) or str(raw).lower()
+    return str(raw).lower()
 
 
 _EPOCH_MS = re.compile(r"^-?\d{9,}$")

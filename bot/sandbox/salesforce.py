@@ -1,14 +1,17 @@
 """A stateful stand-in for the Salesforce REST API, reached over HTTP by the real simple-salesforce.
 
 It serves sObject rows (GET/PATCH/DELETE), sObject create (POST; Task and Note), describe, SOQL
-queries (a small parser: SELECT fields and relationship paths, FROM, WHERE with = != < > IN NOT IN
-LIKE AND OR NOT, ORDER BY, LIMIT) and sObject Collections updates (PATCH composite/sobjects), in
-Salesforce's wire shapes, and refuses what Salesforce refuses: unknown fields, read-only fields,
-values that do not deserialize, restricted picklist values, required fields set to null, custom
-validation rules, more than 200 records per collection, stale `If-Unmodified-Since`.
+queries (a small parser: SELECT fields and relationship paths or COUNT(), FROM, WHERE with = != < >
+IN NOT IN LIKE AND OR NOT, ORDER BY, LIMIT), sObject Collections updates (PATCH
+composite/sobjects) and the OpenID userinfo of the token's user, in Salesforce's wire shapes, and
+refuses what Salesforce refuses: unknown fields, read-only fields, values that do not deserialize,
+restricted picklist values, required fields set to null, custom validation rules, more than 200
+records per collection, stale `If-Unmodified-Since`.
 
 Every write bumps LastModifiedDate/SystemModstamp and appends field history for tracked fields,
-queryable as OpportunityFieldHistory / LeadHistory / ContactHistory / AccountHistory.
+queryable as OpportunityFieldHistory / LeadHistory / ContactHistory / AccountHistory; a tracked
+lookup is filed as Salesforce files it, under its relationship name (OwnerId as Owner) and twice:
+ids (DataType EntityId) and names (DataType Text).
 
 Test helpers (no HTTP): `ids`, `record`, `value`, `create`, `delete`, `human_edit`, `activities`,
 `history`, `add_validation_rule`, `clear_validation_rules`, `rename_field`, `set_updateable`,
@@ -31,6 +34,7 @@ from bot.sandbox import seed
 from bot.sandbox.base import StandIn
 
 API = r"/services/data/v{version:\d+\.\d+}"
+ORG_ID = "00D000000000001AAA"
 MAX_COLLECTION = 200
 STRINGY = {"string", "textarea", "picklist", "email", "url", "phone", "combobox", "id", "reference"}
 NUMERIC = {"currency", "double", "percent", "int"}
@@ -529,6 +533,7 @@ class Query:
     where: Expr | None = None
     order: tuple[tuple[str, ...], bool] | None = None  # (path, descending)
     limit: int | None = None
+    count: bool = False  # SELECT COUNT(): only totalSize is answered
 
 
 class _Parser:
@@ -559,12 +564,19 @@ class _Parser:
 
     def parse(self) -> Query:
         self.expect("SELECT")
-        select = [self.ident()]
-        while self.peek(","):
+        count = self.peek("COUNT") and self.toks[self.i + 1] == ("op", "(")
+        select: list[tuple[str, ...]] = []
+        if count:
             self.take()
+            self.expect("(")
+            self.expect(")")
+        else:
             select.append(self.ident())
+            while self.peek(","):
+                self.take()
+                select.append(self.ident())
         self.expect("FROM")
-        query = Query(select, ".".join(self.ident()))
+        query = Query(select, ".".join(self.ident()), count=count)
         if self.peek("WHERE"):
             self.take()
             query.where = self.expr()
@@ -675,10 +687,13 @@ class SalesforceStandIn(StandIn):
             app.router.add_get(API + path, self._query)
         for path in ("/composite/sobjects", "/composite/sobjects/"):
             app.router.add_patch(API + path, self._collection_update)
+        app.router.add_get("/services/oauth2/userinfo", self._userinfo)
+        app.router.add_post("/services/oauth2/userinfo", self._userinfo)
         app.on_response_prepare.append(self._limit_info)
 
     async def _limit_info(self, request: web.Request, response: web.StreamResponse) -> None:
-        if request.path.startswith("/services/"):
+        # OAuth endpoints are not API calls: they do not count against the allocation.
+        if request.path.startswith("/services/data/"):
             self.api_used += 1
             response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.api_limit}"
 
@@ -909,6 +924,10 @@ class SalesforceStandIn(StandIn):
         self.records[sobject][rid] = rec
         return rid
 
+    def _name_of(self, rid: Any) -> Any:
+        found = self._find(rid) if isinstance(rid, str) else None
+        return found[1].get("Name") if found else rid
+
     def _type_of(self, rid: str) -> str | None:
         prefix = rid[:3]
         return next((n for n, o in self.objects.items() if o.prefix == prefix and o.writable), None)
@@ -946,18 +965,29 @@ class SalesforceStandIn(StandIn):
             rec[name] = new
             if obj.history and name in self.tracked.get(sobject, set()) and old != new:
                 hist, parent_field = obj.history
-                self._store(
-                    hist,
-                    None,
-                    {
-                        parent_field: rec["Id"],
-                        "Field": name,
-                        "DataType": obj.fields[name].type,
-                        "OldValue": old,
-                        "NewValue": new,
-                    },
-                    user_id=user,
-                )
+                fld = obj.fields[name]
+                if fld.type == "reference":
+                    # Filed under the relationship name for a standard lookup, twice: ids, names.
+                    filed = fld.name if fld.name.endswith("__c") else fld.relationship or name
+                    entries = [
+                        (filed, "EntityId", old, new),
+                        (filed, "Text", self._name_of(old), self._name_of(new)),
+                    ]
+                else:
+                    entries = [(name, fld.type, old, new)]
+                for filed, data_type, old_value, new_value in entries:
+                    self._store(
+                        hist,
+                        None,
+                        {
+                            parent_field: rec["Id"],
+                            "Field": filed,
+                            "DataType": data_type,
+                            "OldValue": old_value,
+                            "NewValue": new_value,
+                        },
+                        user_id=user,
+                    )
         rec.update({"LastModifiedDate": stamp, "SystemModstamp": stamp, "LastModifiedById": user})
 
     # --- deserialization and save-time checks --------------------------------------------------
@@ -1396,10 +1426,35 @@ class SalesforceStandIn(StandIn):
             if not text:
                 raise _refuse(400, "MALFORMED_QUERY", "A query string has to be specified")
             self.queries.append(text)
-            rows = self._soql(text, request.match_info["version"])
+            total, rows = self._soql(text, request.match_info["version"])
         except Refused as refused:
             return refused.response()
-        return web.json_response({"totalSize": len(rows), "done": True, "records": rows})
+        return web.json_response({"totalSize": total, "done": True, "records": rows})
+
+    async def _userinfo(self, request: web.Request) -> web.Response:
+        """OpenID Connect userinfo: who the bearer token belongs to (the API user)."""
+        user = self.records["User"][self.api_user_id]
+        return web.json_response(
+            {
+                "sub": f"https://login.salesforce.com/id/{ORG_ID}/{user['Id']}",
+                "user_id": user["Id"],
+                "organization_id": ORG_ID,
+                "preferred_username": user["Username"],
+                "nickname": str(user["Username"]).split("@")[0],
+                "name": user["Name"],
+                "given_name": user["FirstName"],
+                "family_name": user["LastName"],
+                "email": user["Email"],
+                "email_verified": True,
+                "active": bool(user["IsActive"]),
+                "user_type": "STANDARD",
+                "zoneinfo": "Etc/UTC",
+                "locale": "en_US",
+                "language": "en_US",
+                "utcOffset": 0,
+                "updated_at": user["LastModifiedDate"],
+            }
+        )
 
     # --- SOQL evaluation ---------------------------------------------------------------------
     def _no_column(self, name: str, obj: SObject) -> Refused:
@@ -1481,7 +1536,8 @@ class SalesforceStandIn(StandIn):
             )
         return out
 
-    def _soql(self, text: str, version: str) -> list[dict[str, Any]]:
+    def _soql(self, text: str, version: str) -> tuple[int, list[dict[str, Any]]]:
+        """(totalSize, records) of a query."""
         query = _Parser(text).parse()
         obj = self.objects.get(query.sobject)
         if obj is None:
@@ -1515,7 +1571,9 @@ class SalesforceStandIn(StandIn):
             rows = present + nulls if desc else nulls + present
         if query.limit is not None:
             rows = rows[: query.limit]
-        return [self._project(r, obj.name, query.select, version) for r in rows]
+        if query.count:
+            return len(rows), []
+        return len(rows), [self._project(r, obj.name, query.select, version) for r in rows]
 
     def _compile(self, obj: SObject, expr: Expr) -> Callable[[Mapping[str, Any]], bool]:
         if isinstance(expr, Cond):

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import bot.ledger.budget  # noqa: F401  (registers crm_budget on the same metadata)
 from bot.ledger.tables import metadata
 
 connection = context.config.attributes.get("connection")

@@ -62,6 +62,24 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_proposal", "audit_events", ["proposal_id"], unique=False)
     op.create_table(
+        "crm_budget",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("tokens", sa.Double(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("used_today", sa.Integer(), nullable=False),
+        sa.Column("paused_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_crm_budget")),
+    )
+    op.create_table(
+        "drift_alarms",
+        sa.Column("key", sa.String(length=300), nullable=False),
+        sa.Column("raised_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("cleared_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("value", sa.JSON(), nullable=True),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_drift_alarms")),
+    )
+    op.create_table(
         "rollbacks",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("target", sa.Text(), nullable=False),
@@ -245,9 +263,26 @@ def upgrade() -> None:
     op.create_index(
         "ix_callbacks_due", "callbacks", ["delivered_at", "next_attempt_at"], unique=False
     )
+    op.create_table(
+        "shadow_outcomes",
+        sa.Column("change_id", sa.String(length=40), nullable=False),
+        sa.Column("outcome", sa.String(length=20), nullable=False),
+        sa.Column("human_value", sa.JSON(), nullable=True),
+        sa.Column("basis", sa.String(length=20), nullable=False),
+        sa.Column("evaluated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "outcome IN ('agreed', 'disagreed', 'unchanged')",
+            name=op.f("ck_shadow_outcomes_outcome"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["change_id"], ["changes.id"], name=op.f("fk_shadow_outcomes_change_id_changes")
+        ),
+        sa.PrimaryKeyConstraint("change_id", name=op.f("pk_shadow_outcomes")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("shadow_outcomes")
     op.drop_index("ix_callbacks_due", table_name="callbacks")
     op.drop_table("callbacks")
     op.drop_table("idempotency_keys")
@@ -262,6 +297,8 @@ def downgrade() -> None:
     op.drop_table("proposals")
     op.drop_index("ix_rollbacks_state", table_name="rollbacks")
     op.drop_table("rollbacks")
+    op.drop_table("drift_alarms")
+    op.drop_table("crm_budget")
     op.drop_index("ix_audit_proposal", table_name="audit_events")
     op.drop_table("audit_events")
     op.drop_index("ix_alerts_unsent", table_name="alerts")
