@@ -130,7 +130,7 @@ class _Parser:
         if not isinstance(node, MappingNode):
             raise self.fail(node, f"{what} must be a mapping")
         seen: set[str] = set()
-        items = []
+        items: list[tuple[str, Node, Node]] = []
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
                 raise self.fail(key_node, f"keys of {what} must be plain names")

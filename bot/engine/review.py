@@ -359,9 +359,12 @@ class Reviews:
             ):
                 count += 1
                 expired = await self.view(proposal_id) if self.metrics is not None else None
-                for line in expired.lines if expired else ():
-                    if line.status == ChangeStatus.EXPIRED.value:
-                        self.metrics.outcome(expired.object_type, line.field.name, Tier.REVIEWED.value, "expired", None, now)
+                if expired is not None:
+                    for line in expired.lines:
+                        if line.status == ChangeStatus.EXPIRED.value:
+                            self.metrics.outcome(
+                                expired.object_type, line.field.name, Tier.REVIEWED.value, "expired", None, now
+                            )
         return count
 
     async def remind_due(self) -> int:
