@@ -111,6 +111,10 @@ class Gate:
         self.stop_event.set()
         for wake in (self.committer.wake, self.alerts.wake, self.reviews.wake):
             wake()
+        # Let each job finish the pass it is in: a job cancelled inside a transaction would
+        # leave SQLite locked for other connections until its busy timeout.
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=10)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -130,7 +134,7 @@ class Gate:
 async def periodic(job: Callable[[], Awaitable[int]], stop: asyncio.Event, interval: float) -> None:
     while not stop.is_set():
         try:
-            while await job():
+            while not stop.is_set() and await job():
                 pass
         except Exception:
             log.exception("%s failed; retrying", getattr(job, "__qualname__", job))

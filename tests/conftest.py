@@ -101,40 +101,36 @@ async def ledger(database_url: str) -> AsyncIterator[Ledger]:
         await ledger.close()
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[Any]:
-    from bot.sandbox.slack import SlackStandIn
-
-    stand_in = SlackStandIn(bot_token="xoxb-test-token", signing_secret=SIGNING_SECRET)
+async def _serving(stand_in: Any) -> AsyncIterator[Any]:
     await stand_in.start()
     try:
         yield stand_in
     finally:
         await stand_in.stop()
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[Any]:
+    from bot.sandbox.slack import SlackStandIn
+
+    async for stand_in in _serving(SlackStandIn(bot_token="xoxb-test-token", signing_secret=SIGNING_SECRET)):
+        yield stand_in
 
 
 @pytest.fixture
 async def hubspot() -> AsyncIterator[Any]:
     from bot.sandbox.hubspot import HubSpotStandIn
 
-    stand_in = HubSpotStandIn(token="hs-test-token", seed=True)
-    await stand_in.start()
-    try:
+    async for stand_in in _serving(HubSpotStandIn(token="hs-test-token", seed=True)):
         yield stand_in
-    finally:
-        await stand_in.stop()
 
 
 @pytest.fixture
 async def salesforce() -> AsyncIterator[Any]:
     from bot.sandbox.salesforce import SalesforceStandIn
 
-    stand_in = SalesforceStandIn(token="sf-test-token", seed=True)
-    await stand_in.start()
-    try:
+    async for stand_in in _serving(SalesforceStandIn(token="sf-test-token", seed=True)):
         yield stand_in
-    finally:
-        await stand_in.stop()
 
 
 @dataclass

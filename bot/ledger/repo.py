@@ -137,6 +137,37 @@ def event_hash(prev_hash: str, at: datetime, row: AuditEvent) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+async def _lease(
+    conn: AsyncConnection,
+    table: Any,
+    condition: Any,
+    *,
+    owner: str,
+    limit: int,
+    lease: timedelta,
+    now: datetime,
+    order_by: Sequence[Any],
+    count_attempt: bool = False,
+) -> list[str]:
+    """Lease up to `limit` rows of `table` matching `condition` to `owner` and return the ids it
+    now holds. FOR UPDATE SKIP LOCKED on PostgreSQL (SQLite's writers queue instead), and the
+    condition is checked again in the UPDATE, so two replicas never hold the same row."""
+    ids = [
+        r[0]
+        for r in await conn.execute(
+            select(table.c.id).where(condition).order_by(*order_by).limit(limit).with_for_update(skip_locked=True)
+        )
+    ]
+    if not ids:
+        return []
+    values: dict[str, Any] = {"lease_owner": owner, "lease_expires": now + lease}
+    if count_attempt:
+        values["attempts"] = table.c.attempts + 1
+    await conn.execute(update(table).where(table.c.id.in_(ids), condition).values(**values))
+    held = await conn.execute(select(table.c.id).where(table.c.id.in_(ids), table.c.lease_owner == owner))
+    return [r[0] for r in held]
+
+
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -381,24 +412,13 @@ class Ledger:
             ),
             and_(changes.c.status == ChangeStatus.COMMITTING.value, changes.c.lease_expires < now),
         )
-        candidates = (
-            select(changes.c.id)
-            .where(claimable)
-            .order_by(changes.c.created_at, changes.c.seq)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
         async with self.engine.begin() as conn:
-            ids = [r[0] for r in await conn.execute(candidates)]
+            ids = await _lease(
+                conn, changes, claimable, owner=owner, limit=limit, lease=lease, now=now,
+                order_by=(changes.c.created_at, changes.c.seq), count_attempt=True,
+            )
             if not ids:
                 return []
-            await conn.execute(
-                update(changes)
-                .where(changes.c.id.in_(ids), claimable)
-                .values(
-                    lease_owner=owner, lease_expires=now + lease, attempts=changes.c.attempts + 1
-                )
-            )
             rows = await conn.execute(
                 select(
                     changes,
@@ -565,31 +585,14 @@ class Ledger:
             alerts.c.sent_at.is_(None),
             or_(alerts.c.lease_expires.is_(None), alerts.c.lease_expires < now),
         )
+        order = (alerts.c.created_at, alerts.c.id)
         async with self.engine.begin() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(alerts.c.id)
-                    .where(claimable)
-                    .order_by(alerts.c.created_at, alerts.c.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ]
+            ids = await _lease(
+                conn, alerts, claimable, owner=owner, limit=limit, lease=lease, now=now, order_by=order, count_attempt=True
+            )
             if not ids:
                 return []
-            await conn.execute(
-                update(alerts)
-                .where(alerts.c.id.in_(ids), claimable)
-                .values(
-                    lease_owner=owner, lease_expires=now + lease, attempts=alerts.c.attempts + 1
-                )
-            )
-            rows = await conn.execute(
-                select(alerts)
-                .where(alerts.c.id.in_(ids), alerts.c.lease_owner == owner)
-                .order_by(alerts.c.created_at, alerts.c.id)
-            )
+            rows = await conn.execute(select(alerts).where(alerts.c.id.in_(ids)).order_by(*order))
             return [dict(r._mapping) for r in rows]
 
     async def alerts_sent(self, ids: Sequence[str], owner: str) -> None:
@@ -626,29 +629,10 @@ class Ledger:
         now = utcnow()
         free = or_(proposals.c.lease_expires.is_(None), proposals.c.lease_expires < now)
         async with self.engine.begin() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(proposals.c.id)
-                    .where(condition, free)
-                    .order_by(proposals.c.created_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ]
-            if not ids:
-                return []
-            await conn.execute(
-                update(proposals)
-                .where(proposals.c.id.in_(ids), free)
-                .values(lease_owner=owner, lease_expires=now + lease)
+            return await _lease(
+                conn, proposals, and_(condition, free), owner=owner, limit=limit, lease=lease, now=now,
+                order_by=(proposals.c.created_at,),
             )
-            return [
-                r[0]
-                for r in await conn.execute(
-                    select(proposals.c.id).where(proposals.c.id.in_(ids), proposals.c.lease_owner == owner)
-                )
-            ]
 
     async def release_proposal(self, proposal_id: str, owner: str, *, delay: timedelta = timedelta(0)) -> None:
         async with self.engine.begin() as conn:
@@ -844,23 +828,13 @@ class Ledger:
             or_(callbacks.c.lease_expires.is_(None), callbacks.c.lease_expires < now),
         )
         async with self.engine.begin() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(callbacks.c.id).where(due).order_by(callbacks.c.next_attempt_at).limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ]
+            ids = await _lease(
+                conn, callbacks, due, owner=owner, limit=limit, lease=lease, now=now,
+                order_by=(callbacks.c.next_attempt_at,), count_attempt=True,
+            )
             if not ids:
                 return []
-            await conn.execute(
-                update(callbacks)
-                .where(callbacks.c.id.in_(ids), due)
-                .values(lease_owner=owner, lease_expires=now + lease, attempts=callbacks.c.attempts + 1)
-            )
-            rows = await conn.execute(
-                select(callbacks).where(callbacks.c.id.in_(ids), callbacks.c.lease_owner == owner)
-            )
+            rows = await conn.execute(select(callbacks).where(callbacks.c.id.in_(ids)))
             return [dict(r._mapping) for r in rows]
 
     async def callback_result(
@@ -1101,18 +1075,12 @@ class Ledger:
             if older_than is not None:
                 where.append(changes.c.created_at <= older_than)
         async with self.engine.begin() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(changes.c.id).where(*where).order_by(changes.c.created_at).limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ]
+            ids = await _lease(
+                conn, changes, and_(*where), owner=owner, limit=limit, lease=lease, now=now,
+                order_by=(changes.c.created_at,),
+            )
             if not ids:
                 return []
-            await conn.execute(
-                update(changes).where(changes.c.id.in_(ids), free).values(lease_owner=owner, lease_expires=now + lease)
-            )
             rows = await conn.execute(
                 select(changes, proposals.c.object_type, proposals.c.record_id)
                 .join(proposals, proposals.c.id == changes.c.proposal_id)
