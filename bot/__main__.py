@@ -145,7 +145,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     import json
 
     from bot.config import parse_duration
-    from bot.engine.shadow import report_json, report_table
+    from bot.engine.shadow import live_report, live_table, report_json, report_table
 
     settings = load_settings()
     policy = load_policy(settings.tiers_file)
@@ -171,7 +171,13 @@ def cmd_shadow(args: argparse.Namespace) -> int:
             assert window is not None
             since = utcnow() - window
             reports = await shadow.report(since)
-            print(json.dumps(report_json(reports, since), indent=2) if args.format == "json" else report_table(reports, since))
+            live = await live_report(ledger, since)
+            if args.format == "json":
+                print(json.dumps(report_json(reports, since, live), indent=2))
+            else:
+                print(report_table(reports, since))
+                print()
+                print(live_table(live))
             return 0
         finally:
             if crm is not None:

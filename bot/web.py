@@ -217,7 +217,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def shadow_report(request: web.Request) -> web.Response:
     from bot.config import parse_duration
-    from bot.engine.shadow import report_json
+    from bot.engine.shadow import live_report, report_json
     from bot.ledger.repo import utcnow
 
     gate = request.app[GATE]
@@ -228,7 +228,8 @@ async def shadow_report(request: web.Request) -> web.Response:
     except ValueError as exc:
         return error(400, "invalid_since", f"since: {exc}", "since")
     since = utcnow() - window
-    return web.json_response(report_json(await gate.shadow.report(since), since))
+    reports = await gate.shadow.report(since)
+    return web.json_response(report_json(reports, since, await live_report(gate.ledger, since)))
 
 
 async def healthz(request: web.Request) -> web.Response:

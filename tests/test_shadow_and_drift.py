@@ -160,6 +160,24 @@ async def test_a_burst_of_rejections_raises_exactly_one_drift_alert(make_server)
     assert len(alerts) == 1
     text = alerts[0]["text"]
     assert "deals.dealstage" in text and "6 of 6" in text and "wrong stage" in text
+    # the same figures as live precision in the report
+    async with server.http.get(f"{server.url}/v1/shadow/report?since=1d", headers=server.headers()) as resp:
+        live = (await resp.json())["live"]
+    stage = next(r for r in live if r["field"] == "dealstage")
+    assert (stage["decided"], stage["rejection_rate"], stage["approval_rate"]) == (6, 1.0, 0.0)
+
+
+async def test_live_rollback_rate(server):
+    for record_id in ("9001", "9002"):
+        status, body = await server.propose({"object": "deals", "record_id": record_id, "changes": {"description": "live"}})
+        await server.settled(body["id"])
+    plan = await server.gate.rollbacks.preview(body["id"], seed.OPS_USER.slack_id)
+    await server.gate.rollbacks.confirm(plan.id, seed.OPS_USER.slack_id)
+    await server.gate.rollbacks.wait(plan.id)
+    async with server.http.get(f"{server.url}/v1/shadow/report?since=1h", headers=server.headers()) as resp:
+        live = (await resp.json())["live"]
+    description = next(r for r in live if r["field"] == "description")
+    assert (description["committed"], description["rollback_rate"]) == (2, 0.5)
 
 
 async def test_volume_alarm(make_server):

@@ -210,12 +210,71 @@ class Shadow:
         return reports
 
 
-def report_json(reports: list[FieldReport], since: datetime) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LiveReport:
+    """How a live field is doing: reviewers' verdicts, or how often its writes are rolled back."""
+
+    object: str
+    field: str
+    tier: str
+    decided: int
+    approval_rate: float | None
+    edit_rate: float | None
+    rejection_rate: float | None
+    expired: int
+    committed: int
+    rollback_rate: float | None
+
+
+async def live_report(ledger: Ledger, since: datetime) -> list[LiveReport]:
+    reports = []
+    for (object_type, field, tier), c in sorted((await ledger.live_counts(since)).items()):
+        decided = c["decided"]
+
+        def rate(n: int, total: int) -> float | None:
+            return n / total if total else None
+
+        reports.append(
+            LiveReport(
+                object=object_type,
+                field=field,
+                tier=tier,
+                decided=decided,
+                approval_rate=rate(c["approved"], decided) if tier == "reviewed" else None,
+                edit_rate=rate(c["edited"], decided) if tier == "reviewed" else None,
+                rejection_rate=rate(c["rejected"], decided) if tier == "reviewed" else None,
+                expired=c["expired"],
+                committed=c["committed"],
+                rollback_rate=rate(c["rolled_back"], c["committed"]) if tier == "autonomous" else None,
+            )
+        )
+    return reports
+
+
+def report_json(reports: list[FieldReport], since: datetime, live: list[LiveReport] | None = None) -> dict[str, Any]:
     return {
         "since": since.isoformat(),
         "fields": [asdict(r) for r in reports],
         "promotable": [f"{r.object}.{r.field}" for r in reports if r.promotable],
+        "live": [asdict(r) for r in live or []],
     }
+
+
+def live_table(reports: list[LiveReport]) -> str:
+    if not reports:
+        return "No live agent writes in this window."
+
+    def pct(value: float | None) -> str:
+        return f"{value:.0%}" if value is not None else "-"
+
+    header = f"{'live field':<32} {'tier':<11} {'decided':>7} {'approve':>8} {'edit':>6} {'reject':>7} {'expired':>7} {'written':>8} {'rolled back':>11}"
+    lines = [header, "-" * len(header)]
+    for r in reports:
+        lines.append(
+            f"{r.object + '.' + r.field:<32} {r.tier:<11} {r.decided:>7} {pct(r.approval_rate):>8} "
+            f"{pct(r.edit_rate):>6} {pct(r.rejection_rate):>7} {r.expired:>7} {r.committed:>8} {pct(r.rollback_rate):>11}"
+        )
+    return "\n".join(lines)
 
 
 def report_table(reports: list[FieldReport], since: datetime) -> str:
