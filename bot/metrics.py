@@ -7,7 +7,6 @@ the same value.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -116,6 +115,3 @@ class InstrumentedCRM:
     async def close(self) -> None:
         await self.inner.close()
 
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from bot.sandbox import seed
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 AVA, BEN, OPS, OUTSIDER = "U0AVA", "U0BEN", seed.OPS_USER.slack_id, seed.OUTSIDER.slack_id
 
@@ -79,3 +82,46 @@ async def change_status(server, proposal_id: str, status: str, timeout: float = 
 
 async def current_message(server, channel: str, ts: str) -> dict[str, Any]:
     return server.slack.message(channel, ts)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> tuple[int, str, str]:
+    """`python -m bot ARGS` in a subprocess: (exit code, stdout, stderr)."""
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=env, cwd=cwd or ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b""), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def start_server(env: dict[str, str], port: int, cwd: Any) -> asyncio.subprocess.Process:
+    """`python -m bot serve` on `port`, once it answers /healthz."""
+    import sys
+
+    import aiohttp
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve", env={**env, "PORT": str(port)}, cwd=str(cwd),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not start")

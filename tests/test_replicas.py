@@ -6,53 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import drop_pg_database, fresh_pg_database
-from helpers import eventually
+from helpers import eventually, free_port, run_cli, start_server
 
 from bot.sandbox import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def cli(env: dict[str, str], *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=env, cwd=str(ROOT),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
-
-
-async def start_server(env: dict[str, str], port: int, cwd: Path) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "serve", env={**env, "PORT": str(port)}, cwd=str(cwd),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    if resp.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError("a replica did not start")
+    code, out, err = await run_cli(env, *args)
+    assert code == 0, err
+    return out
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,12 @@ from helpers import (
     OUTSIDER,
     action_ids,
     eventually,
+    free_port,
     message_text,
     propose_stage,
     review_dm,
+    run_cli,
+    start_server,
 )
 from sqlalchemy import update
 
@@ -265,19 +266,8 @@ async def test_recovery_finds_something_else_and_raises_a_conflict(server):
     assert proposal_id in json.dumps(detail) and alerts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _cli(env: dict[str, str], *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=env, cwd=str(ROOT),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    return await run_cli(env, *args)
 
 
 @pytest.fixture
@@ -305,24 +295,10 @@ async def test_a_server_killed_mid_write_commits_exactly_once_after_restart(cli_
     code, out, err = await _cli(cli_env, "agents", "add", "crash-test")
     assert code == 0, err
     key = out.strip().splitlines()[-1]
-    port = _free_port()
-    env = {**cli_env, "PORT": str(port)}
+    port = free_port()
 
     async def start():
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "serve", env=env, cwd=str(tmp_path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        if resp.status == 200:
-                            return proc
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("server did not start")
+        return await start_server(cli_env, port, tmp_path)
 
     server = await start()
     hubspot.faults.latency = 3.0

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import AVA, eventually, propose_stage, review_dm
+from helpers import AVA, eventually, free_port, propose_stage, review_dm
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.engine.shadow import judge, wilson
@@ -292,12 +292,6 @@ def test_startup_stops_on_a_listed_field_the_crm_lacks(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_policy_gate_defaults_reach_fields():
