@@ -13,8 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import AVA, BEN, OPS, OUTSIDER, eventually, free_port
 
 from bot.app import Gate, build_gate, start_slack
 from bot.config import load_settings
@@ -32,7 +31,6 @@ from bot.web import build_web_app
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "sandbox"
-AVA, BEN, OPS, OUTSIDER = "U0AVA", "U0BEN", seed.OPS_USER.slack_id, seed.OUTSIDER.slack_id
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -43,25 +41,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def eventually(check: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
