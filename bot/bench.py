@@ -1,7 +1,7 @@
 """`python -m bot bench`: the gate under load, against the HubSpot and Slack stand-ins.
 
 The stand-ins run on threads of this process; the gate runs as real `python -m bot serve`
-subprocesses (one, or two replicas on one PostgreSQL database) on free ports; the agents are an
+subprocesses (one, or two replicas on one database) on free ports; the agents are an
 aiohttp client in this process with keep-alive connections and bodies built before each phase.
 The phases, each printing a progress line to stderr:
 
@@ -9,13 +9,14 @@ The phases, each printing a progress line to stderr:
    the JSON, answer 202) under the same closed-loop load as the gate, for the gate/bare ratio;
 2. batching off: a gate with COMMIT_BATCH_SIZE=1 and COMMIT_LINGER=0, a short open-loop load at the
    commit rate: CRM calls per committed change without batching;
-3. on a fresh ledger with the default batching, after a warm-up:
-   a. open loop at the commit rate (--commit-rate, default 100/s): intake to committed, CRM calls
-      per committed change, 429s, failures, Slack calls per reviewed proposal;
-   b. open loop at --rate (default 200/s): intake latency, measured from the moment each request
-      was due (so a stalled server cannot hide its queue behind a slow client);
-   c. closed loop, --agents requests always in flight: intake throughput at saturation;
-   then the peak RSS and the RSS growth of every server process.
+then one gate (or two replicas) on a fresh ledger with the default batching, after a warm-up:
+3. open loop at the commit rate (--commit-rate, default 100/s): intake to committed, CRM calls per
+   committed change, 429s, failures, Slack calls per reviewed proposal;
+4. open loop at --rate (default 200/s): intake latency, measured from the moment each request was
+   due (so a server that falls behind cannot hide its queue in the client's connection pool);
+5. closed loop, --agents requests always in flight: intake throughput at saturation;
+then the peak RSS and the RSS growth of every server process, and how much the committer got done
+while intake was loaded (phases 4 and 5).
 
 ONE table goes to stdout, with the team's targets in a column next to the figures; nothing is
 asserted here. Every subprocess, stand-in, temporary file and PostgreSQL database is removed at the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -73,6 +75,7 @@ ROW_LABELS = (
     "CPU at saturation, server / bench",
     "CRM calls per committed change, batched",
     "CRM calls per committed change, unbatched",
+    "commits while intake is loaded",
     "intake to committed p50",
     "intake to committed p99",
     "429s from the CRM stand-in",
@@ -86,6 +89,10 @@ ROW_LABELS = (
 
 class BenchError(Exception):
     """The bench could not run to the end (a server did not start, the CLI failed...)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: stop after cleaning up."""
 
 
 # --- small helpers (tested on their own) --------------------------------------------------------
@@ -224,6 +231,20 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+async def spawn(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """create_subprocess_exec whose child is never lost: cancelled after the fork, it still
+    returns the handle (and re-raises the cancellation) so the caller can stop the child."""
+    task = asyncio.ensure_future(asyncio.create_subprocess_exec(*argv, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        proc = await task
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+
+
 class Proc:
     """A subprocess with its log in a file, reachable on 127.0.0.1:port."""
 
@@ -251,7 +272,7 @@ class Proc:
     async def start(self, within: float = 60.0) -> Proc:
         log = self._log_file()
         try:
-            self.proc = await asyncio.create_subprocess_exec(
+            self.proc = await spawn(
                 *self.argv, env=self.env, cwd=str(self.workdir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
@@ -573,6 +594,8 @@ class Figures:
     rss_steps: list[tuple[str, list[int]]] = field(default_factory=list)  # after each phase
     sustained_calls: int = 0  # CRM calls and committed changes over the 200/s and saturation phases
     sustained_committed: int = 0
+    sustained_seconds: float = 0.0
+    backlog_end: int = 0  # changes queued or committing when the last phase ended
     rss_end: list[int] = field(default_factory=list)
     rss_peak: list[int] = field(default_factory=list)
     wall: float = 0.0
@@ -606,6 +629,13 @@ class Bench:
         self.readers: list[LedgerReader] = []
         self.figures = Figures()
         self.tag = uuid.uuid4().hex[:6]
+        self.interrupted = False  # set by the signal handler; checked between phases
+
+    def check(self) -> None:
+        """A cancellation can be swallowed by an await that completes in the same instant
+        (asyncio.wait_for on Python 3.11): the flag is not."""
+        if self.interrupted:
+            raise Interrupted
 
     # --- set-up and clean-up -----------------------------------------------------------------
     def start_stand_ins(self) -> None:
@@ -688,12 +718,18 @@ class Bench:
         return env
 
     async def agent_key(self, env: dict[str, str]) -> str:
-        proc = await asyncio.create_subprocess_exec(
+        proc = await spawn(
             sys.executable, "-m", "bot", "agents", "add", f"bench-{uuid.uuid4().hex[:6]}",
             env=env, cwd=str(self.workdir),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+        except BaseException:  # interrupted or timed out: leave no child behind
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
         if proc.returncode != 0:
             raise BenchError(f"`python -m bot agents add` failed ({proc.returncode}): {err.decode().strip()}")
         return out.decode().strip().splitlines()[-1].strip()
@@ -820,6 +856,7 @@ class Bench:
 
             f.rss_steps.append((f"{o.commit_rate:g}/s", [proc_status(p)["VmRSS"] for p in pids]))
             calls2, committed2 = self.crm_calls(), (await reader.status_counts())["committed"]
+            sustained_from = time.monotonic()
             progress(f"phase 4/5: intake latency, open loop at {o.rate:g}/s for {o.seconds:g}s")
             f.fixed = await load.open_loop(f"fixed-{self.tag}", o.rate, o.seconds, pids)
             f.rss_steps.append((f"{o.rate:g}/s", [proc_status(p)["VmRSS"] for p in pids]))
@@ -832,8 +869,11 @@ class Bench:
             f.saturation = await load.closed_loop(f"sat-{self.tag}", o.seconds, pids)
             progress(f"  saturation: {f.saturation.throughput:,.0f} proposals/s ({f.saturation.problems() or 'all 202'})")
         await asyncio.sleep(0.5)
+        counts = await reader.status_counts()
+        f.sustained_seconds = time.monotonic() - sustained_from
         f.sustained_calls = self.crm_calls() - calls2
-        f.sustained_committed = (await reader.status_counts())["committed"] - committed2
+        f.sustained_committed = counts["committed"] - committed2
+        f.backlog_end = counts["queued"] + counts["committing"]
         f.rss_steps.append(("saturation", [proc_status(p)["VmRSS"] for p in pids]))
         for pid in pids:
             status = proc_status(pid)
@@ -853,9 +893,10 @@ class Bench:
         try:
             progress(f"seeding {self.o.deals:,} deals; starting the HubSpot and Slack stand-ins")
             self.start_stand_ins()
-            await self.phase_bare()
-            await self.phase_unbatched()
-            await self.phase_main()
+            for phase in (self.phase_bare, self.phase_unbatched, self.phase_main):
+                self.check()
+                await phase()
+            self.check()
         finally:
             await self.cleanup()
         self.figures.wall = time.monotonic() - started
@@ -904,7 +945,9 @@ class Bench:
                 "intake latency p50",
                 fmt_ms(percentile(fixed.latencies, 50)),
                 "",
-                f"open loop at {o.rate:g}/s offered, {fixed.ok:,} answered; from the moment each was due",
+                f"open loop at {o.rate:g}/s offered, {fixed.ok:,} answered, from the moment each was due; at "
+                f"{o.commit_rate:g}/s: p50 {fmt_ms(percentile(f.commit_load.latencies, 50))}, "
+                f"p99 {fmt_ms(percentile(f.commit_load.latencies, 99))}",
             ),
             Row(
                 "intake latency p99",
@@ -933,6 +976,13 @@ class Bench:
                 "",
                 f"COMMIT_BATCH_SIZE=1, COMMIT_LINGER=0, restarted gate: {f.unbatched_calls} calls / "
                 f"{f.unbatched_committed:,} committed ({unbreakdown})",
+            ),
+            Row(
+                "commits while intake is loaded",
+                f"{fmt_num(ratio(f.sustained_committed, f.sustained_seconds))} changes/s",
+                "",
+                f"committed during the {o.rate:g}/s and saturation phases ({f.sustained_committed:,} in "
+                f"{f.sustained_seconds:.0f}s); {f.backlog_end:,} changes still queued at the end",
             ),
             Row(
                 "intake to committed p50",
@@ -1034,18 +1084,27 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> str:
+        bench = Bench(options)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        return await Bench(options).run()
+
+        def interrupt() -> None:
+            if bench.interrupted:
+                return  # a second Ctrl-C must not cut the clean-up short
+            bench.interrupted = True
+            if task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt)
+        return await bench.run()
 
     try:
         table = asyncio.run(main())
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except (KeyboardInterrupt, asyncio.CancelledError, Interrupted):
         print("interrupted; every subprocess and stand-in stopped", file=sys.stderr)
         return 130
     print(table, flush=True)
