@@ -110,10 +110,12 @@ async def start_server(env: dict[str, str], port: int, cwd: Any) -> asyncio.subp
 
     import aiohttp
 
+    log = open(Path(cwd) / f"server-{port}.log", "ab")  # noqa: SIM115,ASYNC230  (kept for a failing test's post-mortem)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "serve", env={**env, "PORT": str(port)}, cwd=str(cwd),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=log, stderr=log,
     )
+    log.close()
     async with aiohttp.ClientSession() as http:
         for _ in range(300):
             try:

@@ -132,3 +132,23 @@ async def test_committed_change_must_have_a_before_image(ledger):
     with pytest.raises(Exception, match="(?i)check"):
         async with ledger.engine.begin() as conn:
             await conn.execute(update(changes).where(changes.c.id == change_id).values(status="committed"))
+
+
+async def test_group_commit_keeps_each_request_its_own_answer(ledger):
+    agent, _ = await ledger.create_agent("a")
+    results = await asyncio.gather(
+        *[_record(ledger, agent, f"k{i % 5}", fingerprint=f"h{i % 5}") for i in range(20)],
+        _record(ledger, agent, "k0", fingerprint="another body"),
+        return_exceptions=True,
+    )
+    answers = results[:20]
+    assert all(not isinstance(a, Exception) for a in answers)
+    for i in range(5):
+        same_key = [a for n, a in enumerate(answers) if n % 5 == i]
+        assert len({a.body["id"] for a in same_key}) == 1
+        assert sum(not a.replayed for a in same_key) == 1
+    assert isinstance(results[20], IdempotencyMismatch)
+    async with ledger.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM proposals")).scalar_one() == 5
+    checked, broken = await ledger.verify_audit()
+    assert broken is None and checked == 6

@@ -188,10 +188,14 @@ class Intake:
     ) -> StoredResponse:
         """Store a validated proposal (or find the earlier answer for this key)."""
         fingerprint = request_hash(body)
-        replay = await self.ledger.replay(agent.id, key, fingerprint)
-        if replay is not None:
-            return replay
-        self.check(proposal)
+        try:
+            self.check(proposal)
+        except ProposalRejected:
+            # Accepted once, before the policy changed: a replay still gets the first answer.
+            stored = await self.ledger.replay(agent.id, key, fingerprint)
+            if stored is None:
+                raise
+            return stored
         classified = self.classify(proposal)
         proposal_id = new_id("prp")
         observed = proposal.observed or {}
@@ -278,7 +282,7 @@ class Intake:
                     }
                 )
         answer = ProposalAccepted(id=proposal_id, changes=outs).model_dump(mode="json")
-        review: dict[str, Any] = {"review_state": "none"}
+        review: dict[str, Any] = {"review_state": "none", "expires_at": None, "remind_at": None}
         needs_review = any(i.status == ChangeStatus.PENDING_REVIEW for i in classified)
         if needs_review:
             now = utcnow()

@@ -7,18 +7,19 @@ appends a hash-chained audit event in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain import ChangeStatus
@@ -36,6 +37,7 @@ from bot.ledger.tables import (
 )
 
 GENESIS = "0" * 64
+INTAKE_BATCH = 200  # proposals stored in one transaction at most
 CALLBACK_OUTCOMES = frozenset({"committed", "conflict", "failed", "rejected", "expired"})
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -80,6 +82,20 @@ class StoredResponse:
     status: int
     body: dict[str, Any]
     replayed: bool
+
+
+@dataclass
+class _PendingProposal:
+    agent_id: str
+    key: str
+    request_hash: str
+    proposal: dict[str, Any]
+    change_rows: list[dict[str, Any]]
+    events: list[AuditEvent]
+    alert_rows: list[dict[str, Any]]
+    status: int
+    body: dict[str, Any]
+    future: asyncio.Future[StoredResponse]
 
 
 class IdempotencyMismatch(Exception):
@@ -171,9 +187,15 @@ async def _lease(
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._intake: list[_PendingProposal] = []
+        self._writer: asyncio.Task[None] | None = None
+        # Reads need no transaction: on SQLite they then never wait for the write lock.
+        self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.dialect = engine.dialect.name
 
     async def close(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            await self._writer
         await self.engine.dispose()
 
     # --- audit ---------------------------------------------------------------------------------
@@ -214,14 +236,16 @@ class Ledger:
         query = select(audit_events).order_by(audit_events.c.id)
         if since is not None:
             query = query.where(audit_events.c.at >= since)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
     async def verify_audit(self) -> tuple[int, dict[str, Any] | None]:
         """Walk the chain; return (events checked, first broken event or None)."""
         prev = GENESIS
         checked = 0
-        async with self.engine.connect() as conn:
+        # PostgreSQL streams through a cursor, which needs a transaction; SQLite's would lock.
+        source = self.reader if self.dialect == "sqlite" else self.engine
+        async with source.connect() as conn:
             result = await conn.stream(select(audit_events).order_by(audit_events.c.id))
             async for row in result:
                 r = row._mapping
@@ -271,7 +295,7 @@ class Ledger:
         return agent, key
 
     async def list_agents(self) -> list[Agent]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(select(agents).order_by(agents.c.created_at))
             return [Agent(r.id, r.name, r.key_prefix, r.created_at, r.revoked_at) for r in rows]
 
@@ -289,7 +313,7 @@ class Ledger:
             return bool(result.rowcount)
 
     async def agent_by_key(self, key: str) -> Agent | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             r = (
                 await conn.execute(
                     select(agents).where(
@@ -317,7 +341,7 @@ class Ledger:
         return StoredResponse(row.response_status, row.response_body, replayed=True)
 
     async def replay(self, agent_id: str, key: str, request_hash: str) -> StoredResponse | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return await self._stored_response(conn, agent_id, key, request_hash)
 
     async def record_proposal(
@@ -334,47 +358,132 @@ class Ledger:
         body: dict[str, Any],
     ) -> StoredResponse:
         """Store a proposal, its changes, its idempotency key and its answer in one transaction,
-        or return the answer stored earlier under the same key."""
+        or return the answer stored earlier under the same key.
+
+        Proposals that arrive while a write is under way are stored together in the next
+        transaction (group commit): one lock, one commit and one audit append for many."""
+        pending = _PendingProposal(
+            agent_id, key, request_hash, proposal, change_rows, events, alert_rows, status, body,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._intake.append(pending)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_intake(), name="ledger-intake")
+        return await asyncio.shield(pending.future)
+
+    async def _write_intake(self) -> None:
+        while self._intake:
+            batch, self._intake = self._intake[:INTAKE_BATCH], self._intake[INTAKE_BATCH:]
+            try:
+                await self._record_batch(batch)
+            except DBAPIError:
+                # Another replica stored one of these keys meanwhile (or a deadlock between two
+                # batches was broken): one by one, so each request gets its own answer.
+                for item in batch:
+                    await self._settle(item, self._record_one(item))
+            except Exception as exc:  # the database is down: every waiting request learns it
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    @staticmethod
+    async def _settle(item: _PendingProposal, work: Awaitable[StoredResponse]) -> None:
+        try:
+            result = await work
+        except Exception as exc:  # passed on to the request that is waiting for it
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        if not item.future.done():
+            item.future.set_result(result)
+
+    async def _record_batch(self, batch: list[_PendingProposal]) -> None:
         now = utcnow()
+        outcomes: list[StoredResponse | Exception] = []
+        async with self.engine.begin() as conn:
+            existing: dict[tuple[str, str], Any] = {}
+            keys = sorted({item.key for item in batch})
+            for i in range(0, len(keys), 500):
+                rows = await conn.execute(select(idempotency_keys).where(idempotency_keys.c.key.in_(keys[i : i + 500])))
+                existing.update({(r.agent_id, r.key): r for r in rows})
+            first: dict[tuple[str, str], _PendingProposal] = {}
+            fresh: list[_PendingProposal] = []
+            for item in batch:
+                ident = (item.agent_id, item.key)
+                if ident in existing:
+                    row = existing[ident]
+                    outcomes.append(
+                        IdempotencyMismatch(item.key)
+                        if row.request_hash != item.request_hash
+                        else StoredResponse(row.response_status, row.response_body, replayed=True)
+                    )
+                elif ident in first:
+                    earlier = first[ident]
+                    outcomes.append(
+                        IdempotencyMismatch(item.key)
+                        if earlier.request_hash != item.request_hash
+                        else StoredResponse(earlier.status, earlier.body, replayed=True)
+                    )
+                else:
+                    first[ident] = item
+                    fresh.append(item)
+                    outcomes.append(StoredResponse(item.status, item.body, replayed=False))
+            if fresh:
+                # In key order, so two replicas' batches never wait on each other in a cycle.
+                await self._insert_proposals(conn, sorted(fresh, key=lambda i: (i.agent_id, i.key)), now)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    async def _insert_proposals(self, conn: AsyncConnection, items: list[_PendingProposal], now: datetime) -> None:
+        await conn.execute(proposals.insert(), [{**i.proposal, "created_at": now} for i in items])
+        await conn.execute(
+            changes.insert(),
+            [{**row, "created_at": now, "updated_at": now} for i in items for row in i.change_rows],
+        )
+        await conn.execute(
+            idempotency_keys.insert(),
+            [
+                {
+                    "agent_id": i.agent_id,
+                    "key": i.key,
+                    "request_hash": i.request_hash,
+                    "proposal_id": i.proposal["id"],
+                    "response_status": i.status,
+                    "response_body": i.body,
+                    "created_at": now,
+                }
+                for i in items
+            ],
+        )
+        alert_rows = [{**row, "created_at": now, "attempts": 0} for i in items for row in i.alert_rows]
+        if alert_rows:
+            await conn.execute(alerts.insert(), alert_rows)
+        await self._append_audit(conn, [event for i in items for event in i.events])
+
+    async def _record_one(self, item: _PendingProposal) -> StoredResponse:
         try:
             async with self.engine.begin() as conn:
-                stored = await self._stored_response(conn, agent_id, key, request_hash)
+                stored = await self._stored_response(conn, item.agent_id, item.key, item.request_hash)
                 if stored is not None:
                     return stored
-                await conn.execute(proposals.insert().values(**proposal, created_at=now))
-                await conn.execute(
-                    changes.insert(),
-                    [{**row, "created_at": now, "updated_at": now} for row in change_rows],
-                )
-                await conn.execute(
-                    idempotency_keys.insert().values(
-                        agent_id=agent_id,
-                        key=key,
-                        request_hash=request_hash,
-                        proposal_id=proposal["id"],
-                        response_status=status,
-                        response_body=body,
-                        created_at=now,
-                    )
-                )
-                if alert_rows:
-                    await conn.execute(
-                        alerts.insert(),
-                        [{**row, "created_at": now, "attempts": 0} for row in alert_rows],
-                    )
-                await self._append_audit(conn, events)
+                await self._insert_proposals(conn, [item], utcnow())
         except IntegrityError:
             # A concurrent request with the same key won the race: answer what it stored.
-            async with self.engine.connect() as conn:
-                stored = await self._stored_response(conn, agent_id, key, request_hash)
+            async with self.reader.connect() as conn:
+                stored = await self._stored_response(conn, item.agent_id, item.key, item.request_hash)
             if stored is None:
                 raise
             return stored
-        return StoredResponse(status, body, replayed=False)
+        return StoredResponse(item.status, item.body, replayed=False)
 
     # --- reading proposals ---------------------------------------------------------------------
     async def proposal(self, proposal_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (
                 await conn.execute(
                     select(proposals, agents.c.name.label("agent"))
@@ -392,7 +501,7 @@ class Ledger:
             return result
 
     async def changes_by_status(self, *statuses: ChangeStatus) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(changes)
                 .where(changes.c.status.in_([s.value for s in statuses]))
@@ -614,13 +723,13 @@ class Ledger:
             )
 
     async def unsent_alerts(self) -> int:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return int(
                 await conn.scalar(select(func.count()).where(alerts.c.sent_at.is_(None))) or 0
             )
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     # --- reviews -------------------------------------------------------------------------------
@@ -815,7 +924,7 @@ class Ledger:
 
     async def review_ids(self, condition: Any, limit: int = 50, *, newest_first: bool = False) -> list[str]:
         order = proposals.c.created_at.desc() if newest_first else proposals.c.created_at
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [r[0] for r in await conn.execute(select(proposals.c.id).where(condition).order_by(order).limit(limit))]
 
     # --- callbacks -----------------------------------------------------------------------------
@@ -855,7 +964,7 @@ class Ledger:
             )
 
     async def callbacks_for(self, proposal_id: str) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(callbacks).where(callbacks.c.proposal_id == proposal_id).order_by(callbacks.c.created_at)
             )
@@ -906,7 +1015,7 @@ class Ledger:
             .where(*where)
             .order_by(changes.c.created_at, changes.c.seq)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
     async def create_rollback(
@@ -927,7 +1036,7 @@ class Ledger:
             await self._append_audit(conn, [event])
 
     async def rollback(self, rollback_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(select(rollbacks).where(rollbacks.c.id == rollback_id))).first()
             return dict(row._mapping) if row else None
 
@@ -1033,14 +1142,14 @@ class Ledger:
             return bool(result.rowcount)
 
     async def rollback_changes(self, rollback_id: str) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(changes).where(changes.c.rollback_id == rollback_id).order_by(changes.c.created_at)
             )
             return [dict(r._mapping) for r in rows]
 
     async def confirmed_rollbacks(self) -> list[str]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [r[0] for r in await conn.execute(select(rollbacks.c.id).where(rollbacks.c.state == "confirmed"))]
 
     async def finish_rollback(
@@ -1131,7 +1240,7 @@ class Ledger:
             .group_by(proposals.c.object_type, changes.c.field, shadow_outcomes.c.outcome)
         )
         counts: dict[tuple[str, str], dict[str, int]] = {}
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             for object_type, field_name, outcome, n in await conn.execute(query):
                 c = counts.setdefault(
                     (object_type, field_name), {"proposals": 0, "agreed": 0, "disagreed": 0, "unchanged": 0, "waiting": 0}
@@ -1166,7 +1275,7 @@ class Ledger:
             or_(changes.c.decided_at >= since, and_(changes.c.tier == "autonomous", changes.c.committed_at >= since)),
         )
         counts: dict[tuple[str, str, str], dict[str, int]] = {}
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             for r in await conn.execute(query):
                 c = counts.setdefault(
                     (r.object_type, r.field, r.tier),
@@ -1198,7 +1307,7 @@ class Ledger:
             .where(changes.c.status == "committed", changes.c.kind == "field", changes.c.committed_at >= since)
             .group_by(proposals.c.object_type)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return {o: int(n) for o, n in await conn.execute(query)}
 
     async def raise_alarm(self, key: str, value: Any, alert: dict[str, Any]) -> bool:
@@ -1225,7 +1334,7 @@ class Ledger:
             )
 
     async def pending_review_count(self) -> int:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return int(
                 await conn.scalar(
                     select(func.count()).select_from(proposals).where(proposals.c.review_state.in_(["unrouted", "pending", "unroutable"]))
@@ -1234,7 +1343,7 @@ class Ledger:
             )
 
     async def recent_changes(self, object_type: str, field_name: str, statuses: Sequence[str], limit: int = 3) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(changes, proposals.c.record_id)
                 .join(proposals, proposals.c.id == changes.c.proposal_id)

@@ -337,7 +337,7 @@ async def record_history(
         .order_by(proposals.c.created_at.desc(), proposals.c.id.desc())
         .limit(limit)
     )
-    async with gate.ledger.engine.connect() as conn:
+    async with gate.ledger.reader.connect() as conn:
         found = [dict(row) for row in (await conn.execute(query)).mappings()]
         by_id = {p["id"]: p | {"changes": []} for p in found}
         if by_id:
