@@ -479,3 +479,17 @@ async def test_an_alert_burst_becomes_digests_and_loses_nothing(server):
 
 async def _unsent_is_zero(server) -> bool:
     return await server.gate.ledger.unsent_alerts() == 0
+
+
+async def test_reviews_claimed_together_share_their_crm_reads(server):
+    hubspot = server.crm_stand_in
+    for i in range(20):
+        hubspot.add_record("deals", {"dealname": f"R{i}", "dealstage": "appointmentscheduled", "hubspot_owner_id": "101"}, record_id=f"610{i:02d}")
+    reads = hubspot.count("/crm/v3/objects/deals/batch/read")
+    bodies = await asyncio.gather(
+        *[server.propose({"object": "deals", "record_id": f"610{i:02d}", "changes": {"dealstage": "qualifiedtobuy"}}) for i in range(20)]
+    )
+    for _, body in bodies:
+        await review_dm(server, AVA, body["id"])
+    # the stage of every record was read, in far fewer calls than one per review
+    assert hubspot.count("/crm/v3/objects/deals/batch/read") - reads < 20

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +19,7 @@ from sqlalchemy import and_, or_
 
 from bot.domain import ChangeStatus, Tier
 from bot.engine.model import FieldSpec, ReviewLine, ReviewView
-from bot.engine.ports import CRM, CRMError, FieldSchema, ReviewChannel
+from bot.engine.ports import CRM, CRMError, FieldSchema, Owner, RecordState, ReviewChannel
 from bot.ledger.repo import AuditEvent, Ledger, new_id, utcnow
 from bot.ledger.tables import proposals
 from bot.policy import Policy
@@ -137,21 +138,58 @@ class Reviews:
             ),
         )
         ids = await self.ledger.claim_proposals(self.owner, condition, 20, self.lease)
-        for proposal_id in ids:
+        rows = [row for row in [await self.ledger.proposal(i) for i in ids] if row is not None]
+        # One CRM read per object for every review claimed together, not one per review.
+        by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_object[row["object_type"]].append(row)
+        for object_type, group in by_object.items():
             try:
-                await self._route(proposal_id)
+                records, owners = await self._prefetch(object_type, [r for r in group if r["review_state"] == "unrouted"])
             except CRMError as exc:
-                delay = exc.retry_after or 5.0
-                log.warning("routing %s: CRM %s (%s); retry in %.0fs", proposal_id, exc.kind.value, exc.message, delay)
-                await self.ledger.release_proposal(proposal_id, self.owner, delay=timedelta(seconds=delay))
-            except Exception:
-                log.exception("routing %s failed; retry later", proposal_id)
-                await self.ledger.release_proposal(proposal_id, self.owner, delay=timedelta(seconds=10))
+                await self._retry_later([r["id"] for r in group], exc)
+                continue
+            for row in group:
+                try:
+                    await self._route(row, records, owners)
+                except CRMError as exc:
+                    await self._retry_later([row["id"]], exc)
+                except Exception:
+                    log.exception("routing %s failed; retry later", row["id"])
+                    await self.ledger.release_proposal(row["id"], self.owner, delay=timedelta(seconds=10))
         return len(ids)
 
-    async def _route(self, proposal_id: str) -> None:
-        row = await self.ledger.proposal(proposal_id)
-        assert row is not None
+    async def _retry_later(self, proposal_ids: list[str], exc: CRMError) -> None:
+        delay = exc.retry_after or 5.0
+        log.warning("routing %d review(s): CRM %s (%s); retry in %.0fs", len(proposal_ids), exc.kind.value, exc.message, delay)
+        for proposal_id in proposal_ids:
+            await self.ledger.release_proposal(proposal_id, self.owner, delay=timedelta(seconds=delay))
+
+    async def _prefetch(
+        self, object_type: str, rows: list[dict[str, Any]]
+    ) -> tuple[dict[str, RecordState], dict[str, Owner]]:
+        if not rows:
+            return {}, {}
+        obj = self.policy.object(self.crm_name, object_type)
+        fields = {
+            c["field"]
+            for row in rows
+            for c in row["changes"]
+            if c["status"] == ChangeStatus.PENDING_REVIEW.value and c["kind"] == "field"
+        }
+        if obj and obj.name_field:
+            fields.add(obj.name_field)
+        record_ids = sorted({row["record_id"] for row in rows})
+        # A record is read even when only activities are under review: it must exist.
+        records = await self.crm.read_records(object_type, record_ids, sorted(fields) or [obj.owner_field if obj and obj.owner_field else "id"])
+        owners: dict[str, Owner] = {}
+        present = [r for r in record_ids if r in records]
+        if obj and obj.owner_field and present:
+            owners = await self.crm.read_owners(object_type, present, obj.owner_field)
+        return records, owners
+
+    async def _route(self, row: dict[str, Any], records: dict[str, RecordState], owners: dict[str, Owner]) -> None:
+        proposal_id = row["id"]
         if row["review_state"] == "pending":
             await self._post(row, row["review_channel"])
             return
@@ -160,8 +198,6 @@ class Reviews:
         pending = [c for c in row["changes"] if c["status"] == ChangeStatus.PENDING_REVIEW.value]
         field_names = [c["field"] for c in pending if c["kind"] == "field"]
         name_field = obj.name_field if obj else None
-        read_fields = sorted({*field_names, *([name_field] if name_field else [])})
-        records = await self.crm.read_records(object_type, [record_id], read_fields or ["hs_object_id"])
         state = records.get(record_id)
         if state is None:
             message = f"record {record_id} not found in the CRM; nothing to review"
@@ -181,11 +217,8 @@ class Reviews:
             if c["kind"] == "activity"
         }
 
-        email = None
-        if obj and obj.owner_field:
-            owners = await self.crm.read_owners(object_type, [record_id], obj.owner_field)
-            found = owners.get(record_id)
-            email = found.email if found else None
+        found = owners.get(record_id)
+        email = found.email if found else None
         reviewer = self.user_map.get(email.lower()) if email else None
         if reviewer is None and email:
             reviewer = await self.channel.find_user(email)
