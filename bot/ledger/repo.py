@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -594,16 +594,41 @@ class Ledger:
         left alone and its event is not written."""
         moved: list[str] = []
         now = utcnow()
+        # Moves of the same shape go in one statement: a batch of commits holds the write lock
+        # for one round trip instead of one per change.
+        groups: dict[tuple[ChangeStatus, ChangeStatus, tuple[str, ...]], list[tuple[str, dict[str, Any]]]] = {}
+        for change_id, old, new, values, _event in updates:
+            groups.setdefault((old, new, tuple(sorted(values))), []).append((change_id, values))
         async with self.engine.begin() as conn:
-            events = []
-            for change_id, old, new, values, event in updates:
-                where = [changes.c.id == change_id, changes.c.status == old.value]
+            moved_set: set[str] = set()
+            for (old, new, columns), items in groups.items():
+                where = [changes.c.id == bindparam("b_id"), changes.c.status == old.value]
                 if owner is not None:
                     where.append(changes.c.lease_owner == owner)
-                result = await conn.execute(
-                    update(changes).where(*where).values(status=new.value, updated_at=now, **values)
+                stmt = (
+                    update(changes)
+                    .where(*where)
+                    .values(
+                        status=new.value,
+                        updated_at=now,
+                        **{c: bindparam(f"b_{c}", type_=changes.c[c].type) for c in columns},
+                    )
                 )
-                if result.rowcount:
+                params = [{"b_id": cid, **{f"b_{c}": values[c] for c in columns}} for cid, values in items]
+                await conn.execute(stmt, params)
+                # Which of them moved: the compare-and-set left the others alone.
+                ids = [cid for cid, _ in items]
+                moved_set.update(
+                    r[0]
+                    for r in await conn.execute(
+                        select(changes.c.id).where(
+                            changes.c.id.in_(ids), changes.c.status == new.value, changes.c.updated_at == now
+                        )
+                    )
+                )
+            events = []
+            for change_id, _old, _new, _values, event in updates:
+                if change_id in moved_set:
                     moved.append(change_id)
                     if event is not None:
                         events.append(event)
