@@ -97,6 +97,9 @@ class InstrumentedCRM:
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
         return await self._call("create_activity", lambda: self.inner.create_activity(object_type, record_id, activity))
 
+    async def create_activities(self, object_type: str, items: Sequence[tuple[str, Activity]]) -> list[str | CRMError]:
+        return await self._call("create_activities", lambda: self.inner.create_activities(object_type, items))
+
     async def delete_activity(self, kind: str, activity_id: str) -> None:
         return await self._call("delete_activity", lambda: self.inner.delete_activity(kind, activity_id))
 

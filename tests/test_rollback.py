@@ -17,6 +17,7 @@ from helpers import (
     OPS,
     OUTSIDER,
     action_ids,
+    change_status,
     eventually,
     free_port,
     message_text,
@@ -195,7 +196,7 @@ async def test_the_review_message_shows_who_rolled_it_back(server):
     body = await propose_stage(server)
     channel, message = await review_dm(server, AVA, body["id"])
     await slack.click(AVA, channel, message["ts"], "review_approve")
-    await eventually(lambda: server.crm_stand_in.value("deals", "9001", "dealstage") == "contractsent")
+    await change_status(server, body["id"], "committed")
     plan = await server.gate.rollbacks.preview(body["id"], OPS)
     await server.gate.rollbacks.confirm(plan.id, OPS)
     await server.gate.rollbacks.wait(plan.id)
@@ -310,7 +311,7 @@ async def test_a_server_killed_mid_write_commits_exactly_once_after_restart(cli_
         ) as resp:
             body = await resp.json()
     change_id = body["changes"][0]["id"]
-    db = sqlite3.connect(cli_env["DATABASE_URL"].split("///", 1)[1])
+    db = sqlite3.connect(cli_env["DATABASE_URL"].split("///", 1)[1], timeout=30)
 
     def status() -> str:
         return db.execute("SELECT status FROM changes WHERE id = ?", (change_id,)).fetchone()[0]
@@ -381,7 +382,7 @@ async def test_audit_verify_and_export(make_server, cli_env, tmp_path):
     assert code == 0 and f"{len(events)} event(s)" in err
     assert target.read_text().splitlines()[0].startswith("id,at,actor,kind")
 
-    db = sqlite3.connect(cli_env["DATABASE_URL"].split("///", 1)[1])
+    db = sqlite3.connect(cli_env["DATABASE_URL"].split("///", 1)[1], timeout=30)
     db.execute("UPDATE audit_events SET data = '{\"written\": \"something else\"}' WHERE kind = 'change.committed'")
     db.commit()
     db.close()

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -25,11 +26,13 @@ from hubspot import HubSpot  # type: ignore[import-untyped]
 from hubspot.crm.objects import (  # type: ignore[import-untyped]
     AssociationSpec,
     BatchInputSimplePublicObjectBatchInput,
+    BatchInputSimplePublicObjectBatchInputForCreate,
     BatchReadInputSimplePublicObjectId,
     PublicAssociationsForObject,
     PublicObjectId,
     PublicObjectSearchRequest,
     SimplePublicObjectBatchInput,
+    SimplePublicObjectBatchInputForCreate,
     SimplePublicObjectId,
     SimplePublicObjectInputForCreate,
 )
@@ -164,41 +167,53 @@ class HubSpotCRM:
         return {rid: owners[oid] for rid, oid in owner_ids.items() if oid}
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
-        object_type = canonical_type(object_type)
-        activity_type = canonical_type(activity.kind)
-        type_id = ASSOCIATION_TYPES.get((activity_type, object_type))
-        if type_id is None:
-            raise CRMError(
-                CRMErrorKind.VALIDATION,
-                f"HubSpot cannot associate a {activity.kind} with {object_type}",
-            )
-        now = _iso(datetime.now(UTC))
-        if activity_type == "notes":
-            body = f"{activity.subject}\n\n{activity.body}" if activity.subject else activity.body
-            properties = {"hs_note_body": body, "hs_timestamp": now}
-        else:
-            first_line = next(iter(activity.body.splitlines()), "")
-            properties = {
-                "hs_task_subject": activity.subject or first_line[:200] or "Follow up",
-                "hs_task_body": activity.body,
-                "hs_task_status": "NOT_STARTED",
-                "hs_timestamp": _due(activity.due) if activity.due else now,
-            }
+        activity_type, properties, association = _activity_input(
+            canonical_type(object_type), str(record_id), activity
+        )
         payload = SimplePublicObjectInputForCreate(
-            properties=properties,
-            associations=[
-                PublicAssociationsForObject(
-                    to=PublicObjectId(id=str(record_id)),
-                    types=[
-                        AssociationSpec(
-                            association_category="HUBSPOT_DEFINED", association_type_id=type_id
-                        )
-                    ],
-                )
-            ],
+            properties=properties, associations=[association]
         )
         created = await self._call(self._objects.create, activity_type, payload)
         return str(created.id)
+
+    async def create_activities(
+        self, object_type: str, items: Sequence[tuple[str, Activity]]
+    ) -> list[str | CRMError]:
+        """Batch creates (`POST /crm/v3/objects/{notes|tasks}/batch/create`), 100 inputs a
+        request per kind. HubSpot does not promise that `results` follow the inputs' order, so
+        every input carries a unique `objectWriteTraceId` that HubSpot echoes on its result and
+        names in a 207's errors; the answers are mapped back by it, never by position."""
+        object_type = canonical_type(object_type)
+        outcomes: list[str | CRMError | None] = [None] * len(items)
+        groups: dict[str, list[_Pending]] = {}
+        for index, (record_id, activity) in enumerate(items):
+            try:
+                activity_type, properties, association = _activity_input(
+                    object_type, str(record_id), activity
+                )
+            except CRMError as error:
+                outcomes[index] = error  # refused before any request: nothing was sent
+                continue
+            pending = _Pending(index, uuid.uuid4().hex, activity_type, properties, association)
+            groups.setdefault(activity_type, []).append(pending)
+        chunks = [
+            group[i : i + BATCH_LIMIT]
+            for group in groups.values()
+            for i in range(0, len(group), BATCH_LIMIT)
+        ]
+        answers = await asyncio.gather(*(self._create_chunk(c) for c in chunks))
+        sent: list[str | CRMError] = []
+        for answer in answers:
+            for index, outcome in answer.items():
+                outcomes[index] = outcome
+                sent.append(outcome)
+        # As update_records: raise only when nothing was answered item by item.
+        whole = [o for o in sent if isinstance(o, CRMError) and o.kind in WHOLE_CALL_KINDS]
+        if sent and len(whole) == len(sent):
+            raise whole[0]
+        return [
+            o if o is not None else CRMError(CRMErrorKind.TRANSIENT, "not sent") for o in outcomes
+        ]
 
     async def delete_activity(self, kind: str, activity_id: str) -> None:
         activity_type = canonical_type(kind)
@@ -347,6 +362,66 @@ class HubSpotCRM:
                 )
         return outcome
 
+    async def _create_chunk(self, items: list[_Pending]) -> dict[int, str | CRMError]:
+        """One batch create of one kind; `{item index: new id or CRMError}`."""
+        activity_type = items[0].activity_type
+        request = BatchInputSimplePublicObjectBatchInputForCreate(
+            inputs=[
+                SimplePublicObjectBatchInputForCreate(
+                    properties=p.properties,
+                    associations=[p.association],
+                    object_write_trace_id=p.trace,
+                )
+                for p in items
+            ]
+        )
+        try:
+            response = await self._call(self._batch.create, activity_type, request)
+        except CRMError as error:
+            if error.kind is CRMErrorKind.VALIDATION and len(items) > 1:
+                # A 400 refuses the whole batch for one bad input and creates nothing: resending
+                # the halves is safe and isolates the culprits, as for updates.
+                middle = len(items) // 2
+                halves = await asyncio.gather(
+                    self._create_chunk(items[:middle]), self._create_chunk(items[middle:])
+                )
+                return {**halves[0], **halves[1]}
+            if error.kind is CRMErrorKind.VALIDATION and _missing_target(error.message):
+                error = CRMError(CRMErrorKind.NOT_FOUND, error.message, status=error.status)
+            return {p.index: error for p in items}
+        by_trace = {p.trace: p for p in items}
+        outcome: dict[int, str | CRMError] = {}
+        for err in getattr(response, "errors", None) or []:
+            context = err.context or {}
+            sub = str(getattr(err, "sub_category", None) or "")
+            missing = err.category == "OBJECT_NOT_FOUND" or sub.endswith("INVALID_OBJECT_IDS")
+            kind = CRMErrorKind.NOT_FOUND if missing else CRMErrorKind.VALIDATION
+            for trace in context.get("objectWriteTraceId", []):
+                pending = by_trace.get(str(trace))
+                if pending is not None:
+                    outcome[pending.index] = CRMError(
+                        kind, self._scrub(err.message or err.category), status=207
+                    )
+        unclaimed = [p for p in items if p.index not in outcome]
+        for obj in response.results or []:
+            pending = by_trace.get(str(getattr(obj, "object_write_trace_id", None) or ""))
+            if pending is None:
+                pending = _by_content(unclaimed, obj.properties or {})
+            if pending is not None and pending.index not in outcome:
+                outcome[pending.index] = str(obj.id)
+                if pending in unclaimed:
+                    unclaimed.remove(pending)
+        for p in items:
+            outcome.setdefault(
+                p.index,
+                CRMError(
+                    CRMErrorKind.TRANSIENT,
+                    "HubSpot did not report on this activity; it may have been created",
+                    status=207,
+                ),
+            )
+        return outcome
+
     async def _owner(self, owner_id: str) -> Owner:
         cached = self._owner_cache.get(owner_id)
         if cached is not None and cached[0] > time.monotonic():
@@ -405,6 +480,68 @@ class HubSpotCRM:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "[token]") if self._token else text
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Pending:
+    """One activity of a batch create, with the trace id HubSpot echoes back."""
+
+    index: int
+    trace: str
+    activity_type: str
+    properties: dict[str, str]
+    association: Any
+
+
+_BODY_PROPERTIES = {"notes": "hs_note_body", "tasks": "hs_task_body"}
+
+
+def _by_content(candidates: list[_Pending], properties: Mapping[str, Any]) -> _Pending | None:
+    """A result without a trace id: the one input whose body it carries, if exactly one."""
+    found = [
+        p
+        for p in candidates
+        if properties.get(_BODY_PROPERTIES[p.activity_type]) is not None
+        and properties.get(_BODY_PROPERTIES[p.activity_type])
+        == p.properties.get(_BODY_PROPERTIES[p.activity_type])
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _missing_target(message: str) -> bool:
+    return "does not exist" in message or "INVALID_OBJECT_IDS" in message
+
+
+def _activity_input(
+    object_type: str, record_id: str, activity: Activity
+) -> tuple[str, dict[str, str], PublicAssociationsForObject]:
+    """(notes|tasks, properties, association to the record) for one activity."""
+    activity_type = canonical_type(activity.kind)
+    type_id = ASSOCIATION_TYPES.get((activity_type, object_type))
+    if type_id is None:
+        raise CRMError(
+            CRMErrorKind.VALIDATION,
+            f"HubSpot cannot associate a {activity.kind} with {object_type}",
+        )
+    now = _iso(datetime.now(UTC))
+    if activity_type == "notes":
+        body = f"{activity.subject}\n\n{activity.body}" if activity.subject else activity.body
+        properties = {"hs_note_body": body, "hs_timestamp": now}
+    else:
+        first_line = next(iter(activity.body.splitlines()), "")
+        properties = {
+            "hs_task_subject": activity.subject or first_line[:200] or "Follow up",
+            "hs_task_body": activity.body,
+            "hs_task_status": "NOT_STARTED",
+            "hs_timestamp": _due(activity.due) if activity.due else now,
+        }
+    association = PublicAssociationsForObject(
+        to=PublicObjectId(id=str(record_id)),
+        types=[
+            AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=type_id)
+        ],
+    )
+    return activity_type, properties, association
 
 
 def _changes(entries: Sequence[Any]) -> list[FieldChange]:

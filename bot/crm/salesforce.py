@@ -194,6 +194,41 @@ def _one_per_change(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
+def _activity_record(
+    sobject: str, record_id: str, activity: Activity
+) -> tuple[str, dict[str, Any]]:
+    """(Task|Note, the fields to create) for one activity on a record; CRMError if impossible."""
+    if not _valid_id(record_id):
+        raise CRMError(CRMErrorKind.NOT_FOUND, f"not a Salesforce record id: {record_id!r:.80}")
+    target = _ACTIVITY_TYPES.get(activity.kind.lower())
+    if target is None:
+        raise CRMError(CRMErrorKind.VALIDATION, f"unknown activity kind {activity.kind!r}")
+    first_line = next((ln.strip() for ln in activity.body.splitlines() if ln.strip()), "")
+    payload: dict[str, Any]
+    if target == "Task":
+        payload = {
+            "Subject": (activity.subject or first_line or "Task")[:255],
+            "Description": activity.body,
+            "Status": "Not Started",
+            ("WhoId" if sobject.lower() in _WHO_TYPES else "WhatId"): record_id,
+        }
+        if activity.due:
+            try:
+                payload["ActivityDate"] = date.fromisoformat(activity.due[:10]).isoformat()
+            except ValueError:
+                raise CRMError(
+                    CRMErrorKind.VALIDATION, f"bad due date {activity.due!r:.40}"
+                ) from None
+    else:
+        # Note.Title holds at most 80 characters.
+        payload = {
+            "ParentId": record_id,
+            "Title": (activity.subject or first_line or "Note")[:80],
+            "Body": activity.body,
+        }
+    return target, payload
+
+
 class SalesforceCRM:
     kind = "salesforce"
 
@@ -489,34 +524,7 @@ class SalesforceCRM:
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
         sobject = self._type(object_type)
-        if not _valid_id(record_id):
-            raise CRMError(CRMErrorKind.NOT_FOUND, f"not a Salesforce record id: {record_id!r:.80}")
-        target = _ACTIVITY_TYPES.get(activity.kind.lower())
-        if target is None:
-            raise CRMError(CRMErrorKind.VALIDATION, f"unknown activity kind {activity.kind!r}")
-        first_line = next((ln.strip() for ln in activity.body.splitlines() if ln.strip()), "")
-        payload: dict[str, Any]
-        if target == "Task":
-            payload = {
-                "Subject": (activity.subject or first_line or "Task")[:255],
-                "Description": activity.body,
-                "Status": "Not Started",
-                ("WhoId" if sobject.lower() in _WHO_TYPES else "WhatId"): record_id,
-            }
-            if activity.due:
-                try:
-                    payload["ActivityDate"] = date.fromisoformat(activity.due[:10]).isoformat()
-                except ValueError:
-                    raise CRMError(
-                        CRMErrorKind.VALIDATION, f"bad due date {activity.due!r:.40}"
-                    ) from None
-        else:
-            # Note.Title holds at most 80 characters.
-            payload = {
-                "ParentId": record_id,
-                "Title": (activity.subject or first_line or "Note")[:80],
-                "Body": activity.body,
-            }
+        target, payload = _activity_record(sobject, record_id, activity)
         try:
             result = await self._run(
                 self._restful, f"sobjects/{target}", method="POST", json=payload
@@ -532,6 +540,63 @@ class SalesforceCRM:
                 (result or {}).get("errors") or [{"message": f"{target} not created"}]
             )
         return str(result["id"])
+
+    async def create_activities(
+        self, object_type: str, items: Sequence[tuple[str, Activity]]
+    ) -> list[str | CRMError]:
+        """sObject Collections creates (`POST composite/sobjects`, `allOrNone: false`), Tasks and
+        Notes mixed, 200 records a request; Salesforce answers record by record, in order.
+        Chunks go one after another, with update_records' rules for a chunk that fails whole."""
+        sobject = self._type(object_type)
+        out: list[str | CRMError | None] = [None] * len(items)
+        ready: list[tuple[int, dict[str, Any]]] = []
+        for index, (record_id, activity) in enumerate(items):
+            try:
+                target, payload = _activity_record(sobject, record_id, activity)
+            except CRMError as err:
+                out[index] = err  # refused before any request
+                continue
+            ready.append((index, {"attributes": {"type": target}, **payload}))
+        for n, chunk in enumerate(chunks := _chunks(ready)):
+            try:
+                results = await self._run(self._create_chunk, [r for _, r in chunk])
+            except CRMError as err:
+                if err.kind is CRMErrorKind.VALIDATION:
+                    # The request as a whole was refused: nothing of it was created.
+                    for index, _ in chunk:
+                        out[index] = err
+                    continue
+                if n == 0:
+                    raise
+                # Earlier chunks landed: report this and the unsent ones instead of raising.
+                for later in chunks[n:]:
+                    for index, _ in later:
+                        out[index] = err
+                break
+            for (index, _), result in zip(chunk, results, strict=True):
+                out[index] = result
+        return [o if o is not None else CRMError(CRMErrorKind.TRANSIENT, "not sent") for o in out]
+
+    def _create_chunk(self, records: list[dict[str, Any]]) -> list[str | CRMError]:
+        results = self._restful(
+            "composite/sobjects", method="POST", json={"allOrNone": False, "records": records}
+        )
+        if not isinstance(results, list) or len(results) != len(records):
+            raise CRMError(CRMErrorKind.TRANSIENT, "unexpected sObject Collections response")
+        out: list[str | CRMError] = []
+        for result in results:
+            if isinstance(result, Mapping) and result.get("success") and result.get("id"):
+                out.append(str(result["id"]))
+                continue
+            errors = (result.get("errors") if isinstance(result, Mapping) else None) or [
+                {"message": "not created"}
+            ]
+            err = self._save_error(errors)
+            if err.code in _NOT_FOUND_CODES:
+                # As create_activity: the record the activity hangs on does not exist.
+                err = SalesforceCRMError(CRMErrorKind.NOT_FOUND, err.message, code=err.code)
+            out.append(err)
+        return out
 
     async def delete_activity(self, kind: str, activity_id: str) -> None:
         target = _ACTIVITY_TYPES.get(kind.lower())

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 Move = tuple[str, ChangeStatus, ChangeStatus, dict[str, Any], AuditEvent | None]
 
 
+def _activity(item: ChangeWork) -> Activity:
+    body = item.target or {}
+    return Activity(kind=item.field, body=body.get("body", ""), subject=body.get("subject"), due=body.get("due"))
+
+
 @dataclass
 class CommitStats:
     committed: int = 0
@@ -99,8 +104,11 @@ class Committer:
                 by_object[item.object_type].append(item)
         for object_type, items in by_object.items():
             await self._commit_fields(object_type, items)
+        activities_by_object: dict[str, list[ChangeWork]] = defaultdict(list)
         for item in activities:
-            await self._commit_activity(item)
+            activities_by_object[item.object_type].append(item)
+        for object_type, items in activities_by_object.items():
+            await self._commit_activities(object_type, items)
         for item in deletions:
             await self._delete_activity(item)
         self.on_outcome()
@@ -245,69 +253,76 @@ class Committer:
             self.on_alert()
 
     # --- activities ----------------------------------------------------------------------------
-    async def _commit_activity(self, item: ChangeWork) -> None:
-        if item.status == ChangeStatus.COMMITTING:
-            # Whether the CRM created it before the crash cannot be known without a marker:
+    async def _commit_activities(self, object_type: str, items: list[ChangeWork]) -> None:
+        """Create notes and tasks in as few CRM calls as the CRM allows."""
+        interrupted = [i for i in items if i.status == ChangeStatus.COMMITTING]
+        if interrupted:
+            # Whether the CRM created them before the crash cannot be known without a marker:
             # a person checks, rather than risking a duplicate note or task.
             message = "interrupted while creating this activity; check the record for a duplicate or a gap"
             await self._move(
-                [self._conflict(item, None, message, from_status=ChangeStatus.COMMITTING)],
-                [item],
-                alert_rows=[self._alert("conflict", item, message)],
+                [self._conflict(i, None, message, from_status=ChangeStatus.COMMITTING) for i in interrupted],
+                interrupted,
+                alert_rows=[self._alert("conflict", i, message) for i in interrupted],
             )
             self.on_alert()
-            return
-        moved = await self.ledger.transition(
-            [
-                (
-                    item.id,
-                    ChangeStatus.QUEUED,
-                    ChangeStatus.COMMITTING,
-                    {"before": None, "before_captured": True},
-                    AuditEvent("change.committing", "committer", item.proposal_id, item.id, {}),
-                )
-            ],
-            owner=self.owner,
+        fresh = [i for i in items if i.status == ChangeStatus.QUEUED]
+        moved = set(
+            await self._move(
+                [
+                    (
+                        i.id,
+                        ChangeStatus.QUEUED,
+                        ChangeStatus.COMMITTING,
+                        {"before": None, "before_captured": True},
+                        AuditEvent("change.committing", "committer", i.proposal_id, i.id, {}),
+                    )
+                    for i in fresh
+                ],
+                fresh,
+            )
         )
-        if not moved:
+        creating = [i for i in fresh if i.id in moved]
+        if not creating:
             return
-        body = item.target or {}
-        activity = Activity(
-            kind=item.field,
-            body=body.get("body", ""),
-            subject=body.get("subject"),
-            due=body.get("due"),
-        )
+        for i in creating:
+            i.status = ChangeStatus.COMMITTING
         try:
-            activity_id = await self.crm.create_activity(item.object_type, item.record_id, activity)
+            results = await self.crm.create_activities(
+                object_type, [(i.record_id, _activity(i)) for i in creating]
+            )
         except CRMError as exc:
             if exc.kind == CRMErrorKind.RATE_LIMITED:
                 # Refused before anything was created: safe to try again from `queued`.
                 await self.ledger.transition(
                     [
-                        (
-                            item.id,
-                            ChangeStatus.COMMITTING,
-                            ChangeStatus.QUEUED,
-                            {"before_captured": False},
-                            None,
-                        )
+                        (i.id, ChangeStatus.COMMITTING, ChangeStatus.QUEUED, {"before_captured": False}, None)
+                        for i in creating
                     ],
                     owner=self.owner,
                 )
-                await self._defer([item], exc)
+                await self._defer(creating, exc)
             elif exc.retryable:
-                await self._defer([item], exc)
+                await self._defer(creating, exc)
             else:
                 await self._move(
-                    [self._fail(item, exc.message, from_status=ChangeStatus.COMMITTING)],
-                    [item],
-                    alert_rows=[self._alert("failed", item, exc.message)],
+                    [self._fail(i, exc.message, from_status=ChangeStatus.COMMITTING) for i in creating],
+                    creating,
+                    alert_rows=[self._alert("failed", i, exc.message) for i in creating],
                 )
                 self.on_alert()
             return
-        item.status = ChangeStatus.COMMITTING
-        await self._move([self._committed(item, activity_id=activity_id)], [item])
+        finals: list[Move] = []
+        failed = []
+        for item, result in zip(creating, results, strict=True):
+            if isinstance(result, CRMError):
+                finals.append(self._fail(item, result.message, from_status=ChangeStatus.COMMITTING))
+                failed.append(self._alert("failed", item, result.message))
+            else:
+                finals.append(self._committed(item, activity_id=result))
+        await self._move(finals, creating, alert_rows=failed)
+        if failed:
+            self.on_alert()
 
     async def _delete_activity(self, item: ChangeWork) -> None:
         """Compensate a note or task: delete it. Deleting is idempotent (gone is gone), so an

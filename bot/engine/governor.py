@@ -25,7 +25,9 @@ most; the adapter caches owners for 5 minutes, so this over-counts; HubSpot read
 cut so that 1 + records fits in the bucket). A cost above `burst` is charged as `burst` (only
 with an explicit `burst=1` on HubSpot). The exception nobody can foresee: when HubSpot refuses a
 whole batch for one bad value, the adapter bisects it and resends the halves; those extra
-requests are not paid for. Leave a little headroom below the vendor's limit; any 429 that
+requests are not paid for. `create_activities` pays one token a chunk: on HubSpot the items are
+grouped by kind first (notes and tasks go to different batch endpoints), 100 a chunk; on
+Salesforce Tasks and Notes share chunks of 200. Leave a little headroom below the vendor's limit; any 429 that
 results is still waited out (below).
 
 Concurrency. At most `max_concurrency` calls per process are in flight (an asyncio semaphore).
@@ -38,8 +40,8 @@ processed: it is retried, reads and writes alike, after `retry_after` or an expo
 with jitter, and the pause is written to the store so that every replica holds off. TRANSIENT
 (5xx, timeout, connection) is retried for reads only (`read_records`, `read_owners`, `describe`);
 a write's outcome is unknown, so it is raised and the committer re-reads before writing again.
-From `update_records`' per-record results only the RATE_LIMITED records are resent; the others'
-results stand. After `max_attempts` inner calls the last error is raised (or, for per-record
+From `update_records`' per-record results (and `create_activities`' per-item ones) only the
+RATE_LIMITED records are resent; the others' results stand. After `max_attempts` inner calls the last error is raised (or, for per-record
 results, returned). A wait longer than `max_wait` (the daily ceiling, or a long Retry-After) is
 not slept through: the call raises CRMError(RATE_LIMITED, retry_after=seconds), which the
 committer already turns into a deferral.
@@ -107,6 +109,14 @@ def requests_per_call(kind: str, method: str, object_type: str = "", records: in
         if method == "read_owners":
             return 1 + records
     return 1
+
+
+def _activity_group(kind: str) -> str:
+    """The HubSpot endpoint an activity kind goes to (one batch create per kind)."""
+    lowered = kind.lower()
+    return {"note": "notes", "0-46": "notes", "task": "tasks", "0-27": "tasks"}.get(
+        lowered, lowered
+    )
 
 
 def _utcnow() -> datetime:
@@ -261,6 +271,45 @@ class GovernedCRM:
             read=False,
         )
 
+    async def create_activities(
+        self, object_type: str, items: Sequence[tuple[str, Activity]]
+    ) -> list[str | CRMError]:
+        """Cut as the adapter sends it (HubSpot: per kind, then 100; Salesforce: 200 mixed), one
+        token per chunk. A chunk refused whole for the rate is resent whole, and items answered
+        RATE_LIMITED are resent alone (they were not created); anything else, TRANSIENT
+        included, is never resent: an activity must not be created twice."""
+        indexed = list(enumerate(items))
+        if self.kind == "hubspot":
+            groups: dict[str, list[tuple[int, tuple[str, Activity]]]] = {}
+            for entry in indexed:
+                groups.setdefault(_activity_group(entry[1][1].kind), []).append(entry)
+            chunks = [c for g in groups.values() for c in _chunks(g, self.chunk_size)]
+        else:
+            chunks = _chunks(indexed, self.chunk_size)
+        outcomes = await asyncio.gather(
+            *(self._create_chunk(object_type, dict(c)) for c in chunks), return_exceptions=True
+        )
+        results: list[str | CRMError | None] = [None] * len(items)
+        raised: list[CRMError] = []
+        for chunk, outcome in zip(chunks, outcomes, strict=True):
+            if isinstance(outcome, CRMError):
+                raised.append(outcome)
+                answered: Mapping[int, str | CRMError] = dict.fromkeys(
+                    (i for i, _ in chunk), outcome
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                answered = outcome
+            for index, result in answered.items():
+                results[index] = result
+        # As update_records: raise only when every chunk failed as a whole.
+        if raised and len(raised) == len(chunks):
+            raise raised[0]
+        return [
+            r if r is not None else CRMError(CRMErrorKind.TRANSIENT, "no answer") for r in results
+        ]
+
     async def delete_activity(self, kind: str, activity_id: str) -> None:
         await self._call(
             "delete_activity",
@@ -356,6 +405,46 @@ class GovernedCRM:
                 pending = {rid: pending[rid] for rid, _ in limited}
                 error = max((e for _, e in limited), key=lambda e: e.retry_after or 0.0)
             await self._before_retry("update_records", error, attempt)
+
+    async def _create_chunk(
+        self, object_type: str, chunk: dict[int, tuple[str, Activity]]
+    ) -> dict[int, str | CRMError]:
+        results: dict[int, str | CRMError] = {}
+        pending = chunk
+        attempt = 0
+        while True:
+            attempt += 1
+            answered: list[str | CRMError] | None = None
+            async with self._slots:
+                await self._pay("create_activities", 1)
+                try:
+                    answered = await self.inner.create_activities(
+                        object_type, list(pending.values())
+                    )
+                except CRMError as exc:
+                    error = exc
+            if answered is None:
+                # Rate limited as a whole: nothing was created, send it all again. Anything else
+                # (a 5xx: unknown outcome) goes back to the caller.
+                if error.kind is not CRMErrorKind.RATE_LIMITED or attempt >= self.max_attempts:
+                    raise error
+            else:
+                if len(answered) != len(pending):
+                    raise CRMError(
+                        CRMErrorKind.TRANSIENT, "the CRM answered for the wrong number of items"
+                    )
+                results.update(zip(pending, answered, strict=True))
+                limited = [
+                    (index, r)
+                    for index, r in zip(pending, answered, strict=True)
+                    if isinstance(r, CRMError) and r.kind is CRMErrorKind.RATE_LIMITED
+                ]
+                if not limited or attempt >= self.max_attempts:
+                    return results
+                # Only the items refused for the rate were not created: resend just those.
+                pending = {index: pending[index] for index, _ in limited}
+                error = max((e for _, e in limited), key=lambda e: e.retry_after or 0.0)
+            await self._before_retry("create_activities", error, attempt)
 
     async def _pay(self, method: str, cost: int) -> None:
         """Take `cost` tokens, sleeping while the store says to wait."""

@@ -145,6 +145,21 @@ class CRM(Protocol):
         """Create a note or task associated with the record; returns the activity's id."""
         ...
 
+    async def create_activities(
+        self, object_type: str, items: Sequence[tuple[str, Activity]]
+    ) -> list[str | CRMError]:
+        """Create many notes and tasks, each `(record_id, activity)`, in as few calls as the CRM
+        allows (HubSpot: 100 a request per kind; Salesforce: 200 a request, mixed).
+
+        The result is aligned with `items`: the new activity's id, or that item's `CRMError`
+        (NOT_FOUND when the record does not exist, VALIDATION with the CRM's message). Raises
+        only when the call failed as a whole (auth, rate limit, outage) before any item was
+        answered; once some request answered item by item, every item gets its own outcome, and
+        items of a request whose outcome is unknown get a TRANSIENT error (do not resend them
+        blindly: they may exist). RATE_LIMITED per item means that item was not sent.
+        """
+        ...
+
     async def delete_activity(self, kind: str, activity_id: str) -> None:
         """Delete (or archive) an activity created earlier. Missing activity: CRMError NOT_FOUND."""
         ...

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import operator
+import random
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -197,6 +198,8 @@ class HubSpotStandIn(StandIn):
         self.owners: dict[str, dict[str, Any]] = {}
         self.pipelines: dict[str, list[dict[str, Any]]] = {}
         self._next_id = 40_000_001
+        # HubSpot does not promise batch results in input order: neither does the stand-in.
+        self._batch_order = random.Random(20_240_601)
         super().__init__(token=token)
         self._base_schemas()
         if seed:
@@ -247,6 +250,7 @@ class HubSpotStandIn(StandIn):
         objects = "/crm/v3/objects/{type}"
         app.router.add_post(objects + "/batch/read", self._batch_read)
         app.router.add_post(objects + "/batch/update", self._batch_update)
+        app.router.add_post(objects + "/batch/create", self._batch_create)
         app.router.add_post(objects + "/search", self._search)
         app.router.add_post(objects, self._create)
         app.router.add_get(objects + "/{id}", self._get)
@@ -334,7 +338,22 @@ class HubSpotStandIn(StandIn):
     async def _create(self, request: web.Request) -> web.Response:
         object_type = self._object_type(request)
         body = await self._json(request)
-        values, errors = self._validate(object_type, body.get("properties") or {}, None)
+        values, errors = self._create_values(object_type, body.get("properties") or {})
+        if errors:
+            return self._validation_failed(errors)
+        associations, refusal = self._associations(object_type, body.get("associations") or [])
+        if refusal is not None:
+            return self._error(400, **refusal)
+        obj = self._new_object(object_type)
+        obj.associations = associations
+        self._write(obj, values, source_type="INTEGRATION", source_id=APP_ID)
+        return web.json_response(self._object_json(obj, list(values)), status=201)
+
+    def _create_values(
+        self, object_type: str, props: Mapping[str, Any]
+    ) -> tuple[dict[str, str | None], list[dict[str, Any]]]:
+        """The checks on a create's properties: those of any write, and the required ones."""
+        values, errors = self._validate(object_type, props, None)
         errors += [
             {
                 "isValid": False,
@@ -346,10 +365,14 @@ class HubSpotStandIn(StandIn):
             for name in REQUIRED_ON_CREATE.get(object_type, ())
             if not values.get(name)
         ]
-        if errors:
-            return self._validation_failed(errors)
+        return values, errors
+
+    def _associations(
+        self, object_type: str, raw: Any
+    ) -> tuple[list[tuple[str, str, int]], dict[str, Any] | None]:
+        """(associations, None), or ([], HubSpot's error fields) when one is invalid."""
         associations: list[tuple[str, str, int]] = []
-        for assoc in body.get("associations") or []:
+        for assoc in raw if isinstance(raw, list) else []:
             to_id = str((assoc.get("to") or {}).get("id", ""))
             for spec in assoc.get("types") or []:
                 type_id = spec.get("associationTypeId")
@@ -362,26 +385,75 @@ class HubSpotStandIn(StandIn):
                     None,
                 )
                 if spec.get("associationCategory") != "HUBSPOT_DEFINED" or to_type is None:
-                    return self._error(
-                        400,
-                        f"{spec.get('associationCategory')} association type {type_id} is not "
-                        f"valid for {object_type}",
-                        "VALIDATION_ERROR",
-                        subCategory="crm.associations.INVALID_ASSOCIATION_TYPE",
-                    )
+                    return [], {
+                        "message": f"{spec.get('associationCategory')} association type "
+                        f"{type_id} is not valid for {object_type}",
+                        "category": "VALIDATION_ERROR",
+                        "subCategory": "crm.associations.INVALID_ASSOCIATION_TYPE",
+                    }
                 if self._find(to_type, to_id) is None:
-                    return self._error(
-                        400,
-                        f"One or more associations are invalid: {to_type} {to_id} does not exist",
-                        "VALIDATION_ERROR",
-                        subCategory="crm.associations.INVALID_OBJECT_IDS",
-                        context={"ids": [to_id]},
-                    )
+                    return [], {
+                        "message": "One or more associations are invalid: "
+                        f"{to_type} {to_id} does not exist",
+                        "category": "VALIDATION_ERROR",
+                        "subCategory": "crm.associations.INVALID_OBJECT_IDS",
+                        "context": {"ids": [to_id]},
+                    }
                 associations.append((to_type, to_id, type_id))
-        obj = self._new_object(object_type)
-        obj.associations = associations
-        self._write(obj, values, source_type="INTEGRATION", source_id=APP_ID)
-        return web.json_response(self._object_json(obj, list(values)), status=201)
+        return associations, None
+
+    async def _batch_create(self, request: web.Request) -> web.Response:
+        """POST /crm/v3/objects/{type}/batch/create. Properties are checked for the whole batch
+        first (one bad value refuses it all with a 400 naming no input, as batch update does);
+        associations are checked input by input, and an input with an invalid one fails alone
+        in a 207 whose error names it by `objectWriteTraceId`. Results carry the input's
+        `objectWriteTraceId` and, as HubSpot does not promise, are not in input order."""
+        object_type = self._object_type(request)
+        body = await self._json(request)
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+            return self._error(400, "Invalid input JSON on line 1, column 1", "VALIDATION_ERROR")
+        if len(inputs) > BATCH_LIMIT:
+            return self._too_many(len(inputs), BATCH_LIMIT)
+        started = _now()
+        planned, errors = [], []
+        for item in inputs:
+            values, errs = self._create_values(object_type, item.get("properties") or {})
+            errors += errs
+            planned.append((item, values))
+        if errors:
+            return self._validation_failed(errors)
+        results: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for item, values in planned:
+            trace = item.get("objectWriteTraceId")
+            associations, refusal = self._associations(object_type, item.get("associations"))
+            if refusal is not None:
+                context = dict(refusal.pop("context", {}))
+                if trace is not None:
+                    context["objectWriteTraceId"] = [str(trace)]
+                failures.append(
+                    {"status": "error", "context": context, "links": {}, "errors": [], **refusal}
+                )
+                continue
+            obj = self._new_object(object_type)
+            obj.associations = associations
+            self._write(obj, values, source_type="INTEGRATION", source_id=APP_ID)
+            result = self._object_json(obj, list(values))
+            if trace is not None:
+                result["objectWriteTraceId"] = str(trace)
+            results.append(result)
+        self._batch_order.shuffle(results)
+        answer: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": iso(started),
+            "completedAt": iso(_now()),
+        }
+        if not failures:
+            return web.json_response(answer, status=201)
+        answer.update(numErrors=len(failures), errors=failures)
+        return web.json_response(answer, status=207)
 
     async def _batch_read(self, request: web.Request) -> web.Response:
         object_type = self._object_type(request)

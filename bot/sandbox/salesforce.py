@@ -687,6 +687,7 @@ class SalesforceStandIn(StandIn):
             app.router.add_get(API + path, self._query)
         for path in ("/composite/sobjects", "/composite/sobjects/"):
             app.router.add_patch(API + path, self._collection_update)
+            app.router.add_post(API + path, self._collection_create)
         app.router.add_get("/services/oauth2/userinfo", self._userinfo)
         app.router.add_post("/services/oauth2/userinfo", self._userinfo)
         app.on_response_prepare.append(self._limit_info)
@@ -1378,6 +1379,67 @@ class SalesforceStandIn(StandIn):
             if errors:
                 results.append({"success": False, "errors": [e.save() for e in errors]})
             else:
+                results.append({"id": rid, "success": True, "errors": []})
+        return web.json_response(results)
+
+    async def _collection_create(self, request: web.Request) -> web.Response:
+        """POST composite/sobjects: create up to 200 records of any writable types, a result per
+        record in request order (`{id, success, errors}`); with `allOrNone` one failure rolls
+        back all. The JSON layer (unknown type or field) refuses the whole request."""
+        try:
+            body, raw = await self._json(request)
+            records = body.get("records") if isinstance(body, dict) else None
+            if not isinstance(records, list):
+                raise _refuse(400, "JSON_PARSER_ERROR", "records: required list is missing")
+            if len(records) > MAX_COLLECTION:
+                raise _refuse(
+                    400,
+                    "EXCEEDED_ID_LIMIT",
+                    "record limit reached. cannot submit "
+                    f"more than {MAX_COLLECTION} records into this call",
+                )
+            parsed: list[tuple[SObject, bool, dict[str, Any]]] = []
+            for item in records:
+                attrs = item.get("attributes") if isinstance(item, dict) else None
+                sobject = attrs.get("type") if isinstance(attrs, dict) else None
+                if not sobject:
+                    raise _refuse(400, "INVALID_TYPE", "Must send a concrete entity type.")
+                obj = self.objects.get(sobject)
+                if obj is None:
+                    raise _refuse(
+                        400, "INVALID_TYPE", f"sObject type '{sobject}' is not supported."
+                    )
+                has_id = any(k.lower() == "id" and v is not None for k, v in item.items())
+                parsed.append(
+                    (obj, has_id, self._deserialize(obj, item, raw, skip=("attributes", "id")))
+                )
+        except Refused as refused:
+            return refused.response()
+
+        all_or_none = bool(body.get("allOrNone", False))
+        outcomes: list[tuple[SObject, dict[str, Any], list[SFError]]] = []
+        for obj, has_id, values in parsed:
+            if not obj.writable:
+                errors = [
+                    SFError(
+                        "INVALID_TYPE_FOR_OPERATION",
+                        f"entity type {obj.name} does not support insert",
+                    )
+                ]
+            elif has_id:
+                errors = [SFError("INVALID_FIELD", "cannot specify Id in an insert call", ("Id",))]
+            else:
+                errors = self._check(obj, None, values, create=True)
+            outcomes.append((obj, values, errors))
+        failed = any(errors for _, _, errors in outcomes)
+        results = []
+        for obj, values, errors in outcomes:
+            if all_or_none and failed and not errors:
+                errors = [ROLLED_BACK]
+            if errors:
+                results.append({"success": False, "errors": [e.save() for e in errors]})
+            else:
+                rid = self._store(obj.name, None, values)
                 results.append({"id": rid, "success": True, "errors": []})
         return web.json_response(results)
 
