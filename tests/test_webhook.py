@@ -441,3 +441,19 @@ async def test_healthz(server):
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz") as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "ok"
+
+
+async def test_notes_from_many_proposals_are_created_in_batches(server):
+    hubspot = server.crm_stand_in
+    answers = await asyncio.gather(
+        *[
+            server.propose({"object": "deals", "record_id": "9003", "activities": [{"kind": "note", "body": f"Call summary {i}"}]})
+            for i in range(12)
+        ]
+    )
+    details = [await server.settled(body["id"]) for _, body in answers]
+    assert all(d["changes"][0]["status"] == "committed" for d in details)
+    bodies = {a.properties["hs_note_body"] for a in hubspot.activities if a.object_type == "notes"}
+    assert {f"Call summary {i}" for i in range(12)} <= bodies
+    assert hubspot.count("/crm/v3/objects/notes", method="POST") == hubspot.count("/crm/v3/objects/notes/batch/create")
+    assert hubspot.count("/crm/v3/objects/notes/batch/create") < 12
