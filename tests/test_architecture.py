@@ -28,6 +28,12 @@ def test_engine_knows_neither_slack_nor_a_crm_vendor(path):
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
+@pytest.mark.parametrize("path", sorted((BOT / "engine").glob("*.py")), ids=lambda p: p.name)
+def test_engine_leaves_sql_to_the_ledger(path):
+    bad = {m for m in imports(path) if m.split(".")[0] == "sqlalchemy" or m == "bot.ledger.tables"}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
 @pytest.mark.parametrize("path", sorted((BOT / "crm").glob("*.py")), ids=lambda p: p.name)
 def test_crm_adapters_never_import_slack(path):
     bad = {m for m in imports(path) if m.split(".")[0] in ("slack_bolt", "slack_sdk") or m.startswith("bot.slack")}

@@ -15,18 +15,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_
-
 from bot.domain import ChangeStatus, Tier
 from bot.engine.model import FieldSpec, ReviewLine, ReviewView
 from bot.engine.ports import CRM, CRMError, FieldSchema, Owner, RecordState, ReviewChannel
-from bot.ledger.repo import AuditEvent, Ledger, new_id, utcnow
-from bot.ledger.tables import proposals
+from bot.ledger.repo import OPEN_REVIEW_STATES, AuditEvent, Ledger, new_id, utcnow
 from bot.policy import Policy
 
 log = logging.getLogger(__name__)
 
-OPEN_STATES = ("pending", "unroutable")
 # While the committer works on a just-decided proposal, wait this long for its outcome so the
 # reviewer's message is updated once, with the result, instead of twice.
 SETTLE_GRACE = timedelta(seconds=5)
@@ -104,10 +100,8 @@ class Reviews:
     async def home(self, user_id: str, *, limit: int = 20) -> tuple[list[ReviewView], list[ReviewView]]:
         """The user's pending reviews (all open ones for ops) and their recent decisions."""
         is_ops = await self.is_ops(user_id)
-        open_reviews = proposals.c.review_state.in_(OPEN_STATES)
-        mine = open_reviews if is_ops else and_(open_reviews, proposals.c.reviewer_id == user_id)
-        pending_ids = await self.ledger.review_ids(mine, limit)
-        recent_ids = await self.ledger.review_ids(proposals.c.decided_by == user_id, limit, newest_first=True)
+        pending_ids = await self.ledger.open_reviews(None if is_ops else user_id, limit)
+        recent_ids = await self.ledger.reviews_decided_by(user_id, limit)
         pending = [v for v in [await self.view(i) for i in pending_ids] if v]
         recent = [v for v in [await self.view(i) for i in recent_ids] if v]
         return pending, recent
@@ -127,17 +121,7 @@ class Reviews:
 
     # --- routing -------------------------------------------------------------------------------
     async def route_pending(self) -> int:
-        # Unrouted proposals, and routed ones whose message was never posted (a crash between
-        # recording the route and posting: post it now).
-        condition = or_(
-            proposals.c.review_state == "unrouted",
-            and_(
-                proposals.c.review_state == "pending",
-                proposals.c.review_ts.is_(None),
-                proposals.c.review_channel.is_not(None),
-            ),
-        )
-        ids = await self.ledger.claim_proposals(self.owner, condition, 20, self.lease)
+        ids = await self.ledger.claim_reviews_to_route(self.owner, 20, self.lease)
         rows = [row for row in [await self.ledger.proposal(i) for i in ids] if row is not None]
         # One CRM read per object for every review claimed together, not one per review.
         by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -303,7 +287,7 @@ class Reviews:
                 AuditEvent("review.refused", f"slack:{actor}", proposal_id, data={"action": action})
             )
             return Decision("not_yours", view)
-        if view.state not in OPEN_STATES:
+        if view.state not in OPEN_REVIEW_STATES:
             return Decision("already_decided", view)
         pending = {line.change_id: line for line in view.lines if line.status == ChangeStatus.PENDING_REVIEW.value}
         edits = edits or {}
@@ -351,11 +335,7 @@ class Reviews:
 
     # --- keeping the message true --------------------------------------------------------------
     async def sync_messages(self) -> int:
-        condition = and_(
-            proposals.c.review_channel.is_not(None),
-            proposals.c.message_version > proposals.c.message_synced,
-        )
-        ids = await self.ledger.claim_proposals(self.owner, condition, 20, self.lease)
+        ids = await self.ledger.claim_reviews_to_sync(self.owner, 20, self.lease)
         for proposal_id in ids:
             row = await self.ledger.proposal(proposal_id)
             assert row is not None
@@ -375,15 +355,12 @@ class Reviews:
 
     async def expire_due(self) -> int:
         now = utcnow()
-        condition = and_(
-            proposals.c.review_state.in_(["unrouted", *OPEN_STATES]), proposals.c.expires_at < now
-        )
-        ids = await self.ledger.review_ids(condition, 50)
+        ids = await self.ledger.reviews_to_expire(now, 50)
         count = 0
         for proposal_id in ids:
             if await self.ledger.close_review(
                 proposal_id,
-                from_states=["unrouted", *OPEN_STATES],
+                from_states=["unrouted", *OPEN_REVIEW_STATES],
                 to_state="expired",
                 change_status=ChangeStatus.EXPIRED,
                 reason="nobody decided before the review expired",
@@ -402,13 +379,7 @@ class Reviews:
 
     async def remind_due(self) -> int:
         now = utcnow()
-        condition = and_(
-            proposals.c.review_state == "pending",
-            proposals.c.remind_at.is_not(None),
-            proposals.c.remind_at < now,
-            proposals.c.reminded_at.is_(None),
-        )
-        ids = await self.ledger.review_ids(condition, 50)
+        ids = await self.ledger.reviews_to_remind(now, 50)
         count = 0
         for proposal_id in ids:
             if not await self.ledger.mark_reminded(proposal_id):
@@ -489,7 +460,7 @@ def build_view(row: dict[str, Any]) -> ReviewView:
         run_id=row["run_id"],
         created_at=row["created_at"],
         expires_at=row.get("expires_at"),
-        state="pending" if state in ("unrouted", *OPEN_STATES) else state,
+        state="pending" if state in ("unrouted", *OPEN_REVIEW_STATES) else state,
         lines=tuple(lines),
         reviewer_id=row.get("reviewer_id"),
         route_note=row.get("route_note"),

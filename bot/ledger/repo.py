@@ -37,7 +37,8 @@ from bot.ledger.tables import (
 )
 
 GENESIS = "0" * 64
-INTAKE_BATCH = 200  # proposals stored in one transaction at most
+INTAKE_BATCH = 200
+OPEN_REVIEW_STATES = ("pending", "unroutable")  # a reviewer can decide these  # proposals stored in one transaction at most
 CALLBACK_OUTCOMES = frozenset({"committed", "conflict", "failed", "rejected", "expired"})
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -947,10 +948,57 @@ class Ledger:
                 .values(lease_expires=None)
             )
 
-    async def review_ids(self, condition: Any, limit: int = 50, *, newest_first: bool = False) -> list[str]:
+    async def _review_ids(self, condition: Any, limit: int, *, newest_first: bool = False) -> list[str]:
         order = proposals.c.created_at.desc() if newest_first else proposals.c.created_at
         async with self.reader.connect() as conn:
             return [r[0] for r in await conn.execute(select(proposals.c.id).where(condition).order_by(order).limit(limit))]
+
+    async def claim_reviews_to_route(self, owner: str, limit: int, lease: timedelta) -> list[str]:
+        """Unrouted reviews, and routed ones whose message was never posted (a crash between
+        recording the route and posting)."""
+        condition = or_(
+            proposals.c.review_state == "unrouted",
+            and_(
+                proposals.c.review_state == "pending",
+                proposals.c.review_ts.is_(None),
+                proposals.c.review_channel.is_not(None),
+            ),
+        )
+        return await self.claim_proposals(owner, condition, limit, lease)
+
+    async def claim_reviews_to_sync(self, owner: str, limit: int, lease: timedelta) -> list[str]:
+        """Reviews whose message no longer shows what the ledger holds."""
+        condition = and_(
+            proposals.c.review_channel.is_not(None),
+            proposals.c.message_version > proposals.c.message_synced,
+        )
+        return await self.claim_proposals(owner, condition, limit, lease)
+
+    async def reviews_to_expire(self, now: datetime, limit: int) -> list[str]:
+        return await self._review_ids(
+            and_(proposals.c.review_state.in_(["unrouted", *OPEN_REVIEW_STATES]), proposals.c.expires_at < now), limit
+        )
+
+    async def reviews_to_remind(self, now: datetime, limit: int) -> list[str]:
+        return await self._review_ids(
+            and_(
+                proposals.c.review_state == "pending",
+                proposals.c.remind_at.is_not(None),
+                proposals.c.remind_at < now,
+                proposals.c.reminded_at.is_(None),
+            ),
+            limit,
+        )
+
+    async def open_reviews(self, reviewer_id: str | None, limit: int) -> list[str]:
+        """Reviews waiting for a decision: one reviewer's, or everyone's (None)."""
+        condition: Any = proposals.c.review_state.in_(OPEN_REVIEW_STATES)
+        if reviewer_id is not None:
+            condition = and_(condition, proposals.c.reviewer_id == reviewer_id)
+        return await self._review_ids(condition, limit)
+
+    async def reviews_decided_by(self, user_id: str, limit: int) -> list[str]:
+        return await self._review_ids(proposals.c.decided_by == user_id, limit, newest_first=True)
 
     # --- callbacks -----------------------------------------------------------------------------
     async def claim_callbacks(self, owner: str, limit: int, lease: timedelta) -> list[dict[str, Any]]:
