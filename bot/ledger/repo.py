@@ -199,6 +199,12 @@ class Ledger:
             await self._writer
         await self.engine.dispose()
 
+    async def _claimable(self, table: Any, condition: Any) -> bool:
+        """A lock-free look before a job opens a write transaction: idle polls by every job of
+        every replica then never queue for the write lock (SQLite) or lock rows (PostgreSQL)."""
+        async with self.reader.connect() as conn:
+            return (await conn.execute(select(table.c.id).where(condition).limit(1))).first() is not None
+
     # --- audit ---------------------------------------------------------------------------------
     async def _append_audit(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> None:
         if not events:
@@ -522,6 +528,8 @@ class Ledger:
             ),
             and_(changes.c.status == ChangeStatus.COMMITTING.value, changes.c.lease_expires < now),
         )
+        if not await self._claimable(changes, claimable):
+            return []
         async with self.engine.begin() as conn:
             ids = await _lease(
                 conn, changes, claimable, owner=owner, limit=limit, lease=lease, now=now,
@@ -721,6 +729,8 @@ class Ledger:
             or_(alerts.c.lease_expires.is_(None), alerts.c.lease_expires < now),
         )
         order = (alerts.c.created_at, alerts.c.id)
+        if not await self._claimable(alerts, claimable):
+            return []
         async with self.engine.begin() as conn:
             ids = await _lease(
                 conn, alerts, claimable, owner=owner, limit=limit, lease=lease, now=now, order_by=order, count_attempt=True
@@ -763,6 +773,8 @@ class Ledger:
         """Lease proposals matching `condition` (a SQLAlchemy expression on `proposals`)."""
         now = utcnow()
         free = or_(proposals.c.lease_expires.is_(None), proposals.c.lease_expires < now)
+        if not await self._claimable(proposals, and_(condition, free)):
+            return []
         async with self.engine.begin() as conn:
             return await _lease(
                 conn, proposals, and_(condition, free), owner=owner, limit=limit, lease=lease, now=now,
@@ -1009,6 +1021,8 @@ class Ledger:
             callbacks.c.next_attempt_at <= now,
             or_(callbacks.c.lease_expires.is_(None), callbacks.c.lease_expires < now),
         )
+        if not await self._claimable(callbacks, due):
+            return []
         async with self.engine.begin() as conn:
             ids = await _lease(
                 conn, callbacks, due, owner=owner, limit=limit, lease=lease, now=now,
@@ -1256,6 +1270,8 @@ class Ledger:
             where += [changes.c.before_captured.is_(True), ~judged]
             if older_than is not None:
                 where.append(changes.c.created_at <= older_than)
+        if not await self._claimable(changes, and_(*where)):
+            return []
         async with self.engine.begin() as conn:
             ids = await _lease(
                 conn, changes, and_(*where), owner=owner, limit=limit, lease=lease, now=now,
