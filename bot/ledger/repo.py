@@ -185,6 +185,16 @@ async def _lease(
     return [r[0] for r in held]
 
 
+async def _pending_review(conn: AsyncConnection, proposal_id: str) -> list[str]:
+    """The proposal's changes still waiting for a reviewer."""
+    rows = await conn.execute(
+        select(changes.c.id).where(
+            changes.c.proposal_id == proposal_id, changes.c.status == ChangeStatus.PENDING_REVIEW.value
+        )
+    )
+    return [r[0] for r in rows]
+
+
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -862,15 +872,7 @@ class Ledger:
             )
             if not result.rowcount:
                 return False
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(changes.c.id).where(
-                        changes.c.proposal_id == proposal_id,
-                        changes.c.status == ChangeStatus.PENDING_REVIEW.value,
-                    )
-                )
-            ]
+            ids = await _pending_review(conn, proposal_id)
             if ids:
                 await conn.execute(
                     update(changes)
@@ -911,15 +913,7 @@ class Ledger:
             )
             if not result.rowcount:
                 return False
-            pending = [
-                r[0]
-                for r in await conn.execute(
-                    select(changes.c.id).where(
-                        changes.c.proposal_id == proposal_id,
-                        changes.c.status == ChangeStatus.PENDING_REVIEW.value,
-                    )
-                )
-            ]
+            pending = await _pending_review(conn, proposal_id)
             for change_id in pending:
                 if decision == "rejected":
                     values: dict[str, Any] = {"status": ChangeStatus.REJECTED.value, "error": reject_reason}
