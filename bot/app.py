@@ -28,6 +28,7 @@ from bot.engine.alerts import AlertDispatcher
 from bot.engine.callbacks import CallbackSender
 from bot.engine.committer import Committer
 from bot.engine.drift import Drift, DriftLimits
+from bot.engine.governor import GovernedCRM
 from bot.engine.intake import Intake
 from bot.engine.ports import CRM, CRMError
 from bot.engine.review import Reviews
@@ -187,9 +188,8 @@ class SlackSetup:
     ops_users: list[str]
 
 
-def govern(crm: CRM, engine: Any, settings: Settings, metrics: Metrics) -> CRM:
+def govern(crm: CRM, engine: Any, settings: Settings, metrics: Metrics) -> GovernedCRM:
     """Every CRM call spends from one budget shared by all replicas (through the database)."""
-    from bot.engine.governor import GovernedCRM
     from bot.ledger.budget import SqlBudgetStore
 
     defaults = {"salesforce": 200}  # HubSpot private apps: 100 per 10 s at the lowest tier
@@ -281,6 +281,9 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
     )
     committer.on_alert = alerts.wake
     committer.metrics = metrics
+    # A commit pass reads and writes (2 requests), more with a note or a second object type.
+    committer.pace = crm.pace("commit", settings.commit_budget_share, cost=2.0)
+    reviews.pace = crm.pace("review", settings.review_budget_share, cost=1.0)
     reviews.metrics = metrics
     committer.on_outcome = reviews.wake
     reviews.on_alert = alerts.wake

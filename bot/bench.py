@@ -7,7 +7,8 @@ The phases, each printing a progress line to stderr:
 
 1. bare aiohttp: a minimal aiohttp app (`python -m bot.bench bare --port N`: read the body, parse
    the JSON, answer 202) under the same closed-loop load as the gate, for the gate/bare ratio;
-2. batching off: a gate with COMMIT_BATCH_SIZE=1 and COMMIT_LINGER=0, a short open-loop load at the
+2. batching off: a gate with COMMIT_BATCH_SIZE=1, COMMIT_LINGER=0 and no pacing (COMMIT_ and
+   REVIEW_BUDGET_SHARE=1), a short open-loop load at the
    commit rate: CRM calls per committed change without batching;
 then one gate (or two replicas) on a fresh ledger with the default batching, after a warm-up:
 3. open loop at the commit rate (--commit-rate, default 100/s): intake to committed, CRM calls per
@@ -160,12 +161,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def proposal_body(i: int, tag: str, deals: int) -> bytes:
-    """The i-th proposal of a phase: the mix above, round-robin over the seeded deals."""
+def proposal_body(i: int, tag: str, deals: int, *, refused: bool = False) -> bytes:
+    """The i-th proposal of a phase: the mix above, round-robin over the seeded deals; or, with
+    `refused`, a change to a read-only field (the whole intake path, and no CRM work after)."""
     record = str(FIRST_DEAL + i % deals)
     slot = i % 100
     body: dict[str, Any] = {"object": "deals", "record_id": record}
-    if slot == NOTE_SLOT:
+    if refused:
+        body["changes"] = {"pipeline": "default"}
+    elif slot == NOTE_SLOT:
         body["activities"] = [{"kind": "note", "body": f"Bench note {tag}-{i}: call summary."}]
     elif slot == REVIEWED_SLOT:
         body["changes"] = {"dealstage": STAGES[(i // 100) % len(STAGES)]}
@@ -458,8 +462,8 @@ class Load:
         for session in self.sessions:
             await session.close()
 
-    def bodies(self, tag: str, count: int) -> list[bytes]:
-        return [proposal_body(i, tag, self.deals) for i in range(count)]
+    def bodies(self, tag: str, count: int, *, refused: bool = False) -> list[bytes]:
+        return [proposal_body(i, tag, self.deals, refused=refused) for i in range(count)]
 
     async def _post(self, server: int, key: str, body: bytes, result: LoadResult) -> bool:
         headers = {"Authorization": self.auth, "Idempotency-Key": key, "Content-Type": "application/json"}
@@ -472,10 +476,12 @@ class Load:
             result.errors[type(exc).__name__] += 1
             return False
 
-    async def closed_loop(self, tag: str, seconds: float, pids: Sequence[int]) -> LoadResult:
+    async def closed_loop(
+        self, tag: str, seconds: float, pids: Sequence[int], *, refused: bool = False
+    ) -> LoadResult:
         """Every agent sends its next proposal as soon as the last one is answered."""
         result = LoadResult()
-        pool = self.bodies(tag, 40_000)
+        pool = self.bodies(tag, 40_000, refused=refused)
         counter = itertools.count()
         loop = asyncio.get_running_loop()
         done_at: list[float] = []
@@ -789,10 +795,12 @@ class Bench:
         o, f = self.o, self.figures
         seconds = max(2.0, o.seconds / 2)
         progress(
-            f"phase 2/5: batching off (COMMIT_BATCH_SIZE=1, COMMIT_LINGER=0), {o.commit_rate:g}/s for {seconds:g}s"
+            f"phase 2/5: batching off (COMMIT_BATCH_SIZE=1, COMMIT_LINGER=0, budget shares 1), {o.commit_rate:g}/s for {seconds:g}s"
         )
         url = await self.database("unbatched")
-        env = self.env(url, COMMIT_BATCH_SIZE="1", COMMIT_LINGER="0")
+        env = self.env(
+            url, COMMIT_BATCH_SIZE="1", COMMIT_LINGER="0", COMMIT_BUDGET_SHARE="1", REVIEW_BUDGET_SHARE="1"
+        )
         key = await self.agent_key(env)
         servers = await self.start_servers("unbatched", env)
         reader = LedgerReader(url)
@@ -830,6 +838,11 @@ class Bench:
             warm = min(2.0, max(1.0, o.seconds / 4))
             progress(f"  warm-up: {min(o.rate, 100):g}/s for {warm:g}s")
             f.warmup = await load.open_loop(f"warm-{self.tag}", min(o.rate, 100), warm, pids)
+            # The run's peak concurrency before the baseline is taken: growth is then what the
+            # run accumulates, not the first sight of 256 requests in flight. Refused proposals
+            # go through all of intake and leave no CRM work to spill into the next phase.
+            progress(f"  warm-up: {o.agents} agents in flight for {warm:g}s (read-only fields: refused)")
+            await load.closed_loop(f"warm-sat-{self.tag}", warm, pids, refused=True)
             await self.drain(reader, datetime(2000, 1, 1, tzinfo=UTC), 10)
             f.rss_warm = [proc_status(p)["VmRSS"] for p in pids]
 
@@ -974,7 +987,7 @@ class Bench:
                 "CRM calls per committed change, unbatched",
                 fmt_num(unbatched, 3),
                 "",
-                f"COMMIT_BATCH_SIZE=1, COMMIT_LINGER=0, restarted gate: {f.unbatched_calls} calls / "
+                f"COMMIT_BATCH_SIZE=1, COMMIT_LINGER=0, shares 1, restarted gate: {f.unbatched_calls} calls / "
                 f"{f.unbatched_committed:,} committed ({unbreakdown})",
             ),
             Row(

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     callback_signing_secret: SecretStr | None = None
     commit_linger: Duration = timedelta(milliseconds=50)
     commit_batch_size: int = Field(default=100, ge=1, le=200)
+    # Under sustained load the committer spends at most this share of the CRM budget: passes are
+    # spaced so that each carries what arrived meanwhile (fewer requests per change).
+    commit_budget_share: float = Field(default=0.45, gt=0, le=1)
+    # Review routing's share: under load a review reaches its reviewer a few seconds later.
+    review_budget_share: float = Field(default=0.02, gt=0, le=1)
     lease_duration: Duration = timedelta(seconds=60)
     job_interval: Duration = timedelta(seconds=1)
     # --- shadow mode, drift, schema ------------------------------------------------------------

@@ -91,8 +91,8 @@ class InstrumentedCRM:
     async def update_records(self, object_type: str, updates: Mapping[str, Mapping[str, Any]]) -> dict[str, CRMError | None]:
         return await self._call("update_records", lambda: self.inner.update_records(object_type, updates))
 
-    async def read_owners(self, object_type: str, record_ids: Sequence[str], owner_field: str) -> dict[str, Owner]:
-        return await self._call("read_owners", lambda: self.inner.read_owners(object_type, record_ids, owner_field))
+    async def owners(self, owner_ids: Sequence[str]) -> dict[str, Owner]:
+        return await self._call("owners", lambda: self.inner.owners(owner_ids))
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
         return await self._call("create_activity", lambda: self.inner.create_activity(object_type, record_id, activity))

@@ -180,18 +180,16 @@ async def test_a_rate_limited_chunk_does_not_hide_the_written_one(
     assert {standin.value("deals", rid, "amount") for rid in limited} == {"100"}
 
 
-async def test_read_owners_resolves_and_caches(crm: HubSpotCRM, standin: HubSpotStandIn) -> None:
-    standin.human_edit("deals", "9004", "hubspot_owner_id", "")
-
-    owners = await crm.read_owners("deals", ["9001", "9002", "9004"], "hubspot_owner_id")
-    again = await crm.read_owners("contacts", ["5001"], "hubspot_owner_id")
+async def test_owners_resolve_ids_to_people(crm: HubSpotCRM, standin: HubSpotStandIn) -> None:
+    owners = await crm.owners(["101", "102", "101", "999999"])
 
     assert owners == {
-        "9001": Owner("101", "ava.reed@example.com", "Ava Reed"),
-        "9002": Owner("102", "ben.okafor@example.com", "Ben Okafor"),
+        "101": Owner("101", "ava.reed@example.com", "Ava Reed"),
+        "102": Owner("102", "ben.okafor@example.com", "Ben Okafor"),
+        "999999": Owner("999999", None),  # unknown to HubSpot (a deactivated owner): no email
     }
-    assert again == {"5001": Owner("101", "ava.reed@example.com", "Ava Reed")}
-    assert standin.count("/crm/v3/owners/") == 2  # 101 was asked once
+    assert standin.count("/crm/v3/owners/") == 3  # one request per distinct id
+    assert await crm.owners([]) == {}
 
 
 async def test_notes_and_tasks_are_created_with_associations_and_archived(

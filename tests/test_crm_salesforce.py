@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from bot.crm.salesforce import SalesforceCRM
-from bot.engine.ports import Activity, CRMError, CRMErrorKind
+from bot.engine.ports import Activity, CRMError, CRMErrorKind, Owner
 from bot.sandbox import seed
 from bot.sandbox.salesforce import SalesforceStandIn, parse_dt
 
@@ -149,19 +149,18 @@ async def test_owners_come_with_emails_and_names(
     standin: SalesforceStandIn, crm: SalesforceCRM
 ) -> None:
     ids = standin.ids("Opportunity")
-    owners = await crm.read_owners("Opportunity", ids, "OwnerId")
-    assert {rid: o.email for rid, o in owners.items()} == {
-        ids[0]: seed.OWNERS[0].email,
-        ids[1]: seed.OWNERS[1].email,
-        ids[2]: seed.OWNERS[2].email,
-        ids[3]: seed.OWNERS[0].email,
-    }
-    assert owners[ids[2]].id == seed.OWNERS[2].sf_user_id
-    assert owners[ids[2]].name == seed.OWNERS[2].name
-    lead = standin.ids("Lead")[0]
-    lead_owner = (await crm.read_owners("Lead", [lead], "OwnerId"))[lead]
-    assert lead_owner.email == seed.OWNERS[2].email
-    assert "Owner.Email" in standin.queries[-1]
+    states = await crm.read_records("Opportunity", ids, ["OwnerId"])
+    owner_ids = [states[rid].values["OwnerId"] for rid in ids[:4]]
+    owners = await crm.owners([*owner_ids, "00G000000000001AAA"])  # and a queue's id
+    assert [owners[o].email for o in owner_ids] == [
+        seed.OWNERS[0].email, seed.OWNERS[1].email, seed.OWNERS[2].email, seed.OWNERS[0].email,
+    ]  # fmt: skip
+    assert owners[owner_ids[2]] == Owner(
+        seed.OWNERS[2].sf_user_id, seed.OWNERS[2].email, seed.OWNERS[2].name
+    )
+    assert owners["00G000000000001AAA"] == Owner("00G000000000001AAA", None)  # no User: no email
+    assert standin.queries[-1].startswith("SELECT Id, Email, Name FROM User WHERE Id IN (")
+    assert len(standin.queries) == 2  # the records, then every owner in one query
 
 
 async def test_task_and_note_are_created_and_deleted(
@@ -275,8 +274,8 @@ async def test_a_malicious_id_never_reaches_soql(
     injected = ["x') OR Id != ('", "006Hs0000000002IAA' OR Name LIKE '%", "006Hs0000000002\\"]
     states = await crm.read_records("Opportunity", [rid, *injected], ["Name"])
     assert list(states) == [rid]
-    owners = await crm.read_owners("Opportunity", injected, "OwnerId")
-    assert owners == {}
+    owners = await crm.owners(injected)
+    assert {o.email for o in owners.values()} == {None}
     assert len(standin.queries) == 1  # the all-bad call sent nothing
     assert standin.queries[0] == f"SELECT Id, Name FROM Opportunity WHERE Id IN ('{rid}')"
     with pytest.raises(CRMError) as bad_type:

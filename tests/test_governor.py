@@ -385,9 +385,7 @@ class ScriptedCRM:
     ) -> dict[str, RecordState]:
         raise NotImplementedError
 
-    async def read_owners(
-        self, object_type: str, record_ids: Sequence[str], owner_field: str
-    ) -> dict[str, Owner]:
+    async def owners(self, owner_ids: Sequence[str]) -> dict[str, Owner]:
         raise NotImplementedError
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
@@ -459,6 +457,100 @@ def test_known_multi_request_calls_cost_what_they_send() -> None:
     assert requests_per_call("hubspot", "delete_activity", "notes") == 2
     assert requests_per_call("hubspot", "describe", "deals") == 2
     assert requests_per_call("hubspot", "describe", "contacts") == 1
-    assert requests_per_call("hubspot", "read_owners", "deals", 3) == 4
-    assert requests_per_call("salesforce", "read_owners", "Opportunity", 3) == 1
+    assert requests_per_call("hubspot", "owners", "", 3) == 3
+    assert requests_per_call("salesforce", "owners", "", 3) == 1
     assert requests_per_call("salesforce", "delete_activity", "task") == 1
+
+
+# --- pacing a job ----------------------------------------------------------------------------------
+async def _queue_descriptions(ledger: Any, agent_id: str, record_ids: Sequence[str], text: str) -> None:
+    """Queue one autonomous `description` change per record, as intake stores them."""
+    from bot.ledger.repo import AuditEvent, new_id
+
+    for record_id in record_ids:
+        pid = new_id("prp")
+        await ledger.record_proposal(
+            agent_id=agent_id, key=new_id("key"), request_hash=pid,
+            proposal={
+                "id": pid, "agent_id": agent_id, "crm": "hubspot", "object_type": "deals",
+                "record_id": record_id, "reason": None, "evidence": [], "run_id": None,
+                "callback_url": None,
+            },
+            change_rows=[{
+                "id": new_id("chg"), "proposal_id": pid, "seq": 0, "kind": "field",
+                "field": "description", "tier": "autonomous", "mode": "live", "status": "queued",
+                "proposed": text, "has_observed": False, "attempts": 0,
+            }],
+            events=[AuditEvent("proposal.received", "agent:a", pid)], alert_rows=[],
+            status=202, body={"id": pid},
+        )  # fmt: skip
+
+
+async def test_a_paced_committer_waits_for_its_share_and_the_wait_grows_the_batch(
+    ledger: Any, hubspot: Any, hs: HubSpotCRM
+) -> None:
+    from bot.engine.committer import Committer
+
+    agent, _ = await ledger.create_agent("enricher")
+    deals = new_deals(hubspot, 15)
+    arrivals: list[list[str]] = [deals[10:]]  # what agents propose while the committer waits
+
+    class ArrivingClock(ManualClock):
+        async def sleep(self, seconds: float) -> None:
+            await super().sleep(seconds)
+            if arrivals:
+                await _queue_descriptions(ledger, agent.id, arrivals.pop(), "while waiting")
+
+    clock = ArrivingClock(T0)
+    governed = GovernedCRM(
+        hs, MemoryBudgetStore(), name="hubspot", requests=100, per_seconds=10.0,
+        sleep=clock.sleep, clock=clock,
+    )  # fmt: skip
+    committer = Committer(ledger, governed, owner="replica-1")
+    committer.pace = governed.pace("commit", 0.2, cost=2.0)
+    # 0.2 of the governor's (100 - 10) / 10 s: 1.8 requests/s, a pass of 2 every 1.11 s.
+    assert committer.pace.interval == pytest.approx(2 / 1.8)
+
+    # After a quiet spell a pass goes at once.
+    await _queue_descriptions(ledger, agent.id, deals[:5], "first")
+    assert await committer.paced_pass() == 5
+    assert clock.slept == [] and governed.spent["commit"] == 2
+    assert hubspot.count(BATCH_READ) == 1 and hubspot.count(BATCH_UPDATE) == 1
+
+    # The next one waits its interval; changes proposed meanwhile ride in the same pass, one
+    # read and one write for all ten.
+    await _queue_descriptions(ledger, agent.id, deals[5:10], "second")
+    assert await committer.paced_pass() == 10
+    assert clock.slept == [pytest.approx(2 / 1.8, abs=1e-5)]
+    assert hubspot.count(BATCH_READ) == 2 and hubspot.count(BATCH_UPDATE) == 2
+    assert governed.spent["commit"] == 4
+    assert {hubspot.value("deals", d, "description") for d in deals} == {"first", "second", "while waiting"}
+
+    # Nothing queued: no pass, no spending, no waiting.
+    assert await committer.paced_pass() == 0
+    assert governed.spent["commit"] == 4 and len(clock.slept) == 1
+
+
+async def test_passes_are_spaced_by_what_they_have_cost_lately(hs: HubSpotCRM, hubspot: Any) -> None:
+    clock = ManualClock(T0)
+    governed = GovernedCRM(
+        hs, MemoryBudgetStore(), name="hubspot", requests=100, per_seconds=10.0,
+        sleep=clock.sleep, clock=clock,
+    )  # fmt: skip
+    pace = governed.pace("routing", 0.1, cost=1.0)  # 0.9 requests/s
+    deals = new_deals(hubspot, 2)
+    await pace.start()
+    async with pace.spending():  # four requests where one was expected
+        for _ in range(3):
+            await governed.read_records("deals", deals, ["dealname"])
+        await governed.describe("contacts")  # the same lane across calls
+    assert governed.spent == {"routing": 4} and clock.slept == []
+    assert pace.cost == pytest.approx(1.0 + 0.2 * (4 - 1))  # the moving average moved towards 4
+    assert await pace.ready_in() == pytest.approx(1.6 / 0.9, abs=1e-5)  # the next pass, later
+
+    async with pace.spending():  # a pass that sent nothing teaches nothing
+        pass
+    assert pace.cost == pytest.approx(1.6)
+    # Calls outside a pass are not counted for any lane.
+    await governed.read_records("deals", deals, ["dealname"])
+    assert governed.spent == {"routing": 4}

@@ -490,7 +490,21 @@ async def test_reviews_claimed_together_share_their_crm_reads(server):
     bodies = await asyncio.gather(
         *[server.propose({"object": "deals", "record_id": f"610{i:02d}", "changes": {"dealstage": "qualifiedtobuy"}}) for i in range(20)]
     )
+    owner_lookups = hubspot.count("/crm/v3/owners/")
     for _, body in bodies:
         await review_dm(server, AVA, body["id"])
-    # the stage of every record was read, in far fewer calls than one per review
-    assert hubspot.count("/crm/v3/objects/deals/batch/read") - reads < 20
+    # Routing is paced (REVIEW_BUDGET_SHARE): the first pass goes at once, the reviews that
+    # arrive while the next one waits are read together, each record with its owner field.
+    assert hubspot.count("/crm/v3/objects/deals/batch/read") - reads <= 3
+    assert hubspot.count("/crm/v3/owners/") - owner_lookups == 1  # owner 101, looked up once
+
+    # A person is trusted for OWNER_TTL seconds, then asked for again.
+    from bot.engine.review import OWNER_TTL
+
+    reviews = server.gate.reviews
+    started = reviews._clock()
+    reviews._clock = lambda: started + OWNER_TTL + 1
+    hubspot.add_record("deals", {"dealname": "Later", "dealstage": "appointmentscheduled", "hubspot_owner_id": "101"}, record_id="61099")
+    _, later = await server.propose({"object": "deals", "record_id": "61099", "changes": {"dealstage": "qualifiedtobuy"}})
+    await review_dm(server, AVA, later["id"])
+    assert hubspot.count("/crm/v3/owners/") - owner_lookups == 2

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +54,6 @@ T = TypeVar("T")
 
 BATCH_LIMIT = 100
 HISTORY_BATCH_LIMIT = 50  # batch read with propertiesWithHistory
-OWNER_TTL = 300.0  # seconds an owner lookup is trusted
 
 OBJECT_ALIASES = {
     "contact": "contacts", "0-1": "contacts",
@@ -128,7 +126,6 @@ class HubSpotCRM:
         self._properties = crm.properties.core_api
         self._pipelines = crm.pipelines.pipelines_api
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="hubspot")
-        self._owner_cache: dict[str, tuple[float, Owner]] = {}
 
     # --- the CRM port -----------------------------------------------------------------------
     async def read_records(
@@ -155,16 +152,11 @@ class HubSpotCRM:
             raise whole[0]
         return results
 
-    async def read_owners(
-        self, object_type: str, record_ids: Sequence[str], owner_field: str
-    ) -> dict[str, Owner]:
-        states = await self.read_records(object_type, record_ids, [owner_field])
-        owner_ids = {rid: str(s.values.get(owner_field) or "") for rid, s in states.items()}
-        unique = sorted({oid for oid in owner_ids.values() if oid})
-        owners = dict(
-            zip(unique, await asyncio.gather(*(self._owner(o) for o in unique)), strict=True)
-        )
-        return {rid: owners[oid] for rid, oid in owner_ids.items() if oid}
+    async def owners(self, owner_ids: Sequence[str]) -> dict[str, Owner]:
+        """One owners-API request per id (HubSpot has no batch read of owners)."""
+        unique = list(dict.fromkeys(str(o) for o in owner_ids if o))
+        found = await asyncio.gather(*(self._owner(o) for o in unique))
+        return dict(zip(unique, found, strict=True))
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
         activity_type, properties, association = _activity_input(
@@ -423,9 +415,6 @@ class HubSpotCRM:
         return outcome
 
     async def _owner(self, owner_id: str) -> Owner:
-        cached = self._owner_cache.get(owner_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
         try:
             found = await self._call(self._owners.get_by_id, owner_id, id_property="id")
             owner = Owner(
@@ -438,7 +427,6 @@ class HubSpotCRM:
                 raise
             # A deactivated owner still owns the record; without an email the engine falls back.
             owner = Owner(id=owner_id, email=None)
-        self._owner_cache[owner_id] = (time.monotonic() + OWNER_TTL, owner)
         return owner
 
     # --- calling the client -----------------------------------------------------------------

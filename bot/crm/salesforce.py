@@ -497,30 +497,25 @@ class SalesforceCRM:
             None if r.get("success") else self._save_error(r.get("errors") or []) for r in results
         ]
 
-    async def read_owners(
-        self, object_type: str, record_ids: Sequence[str], owner_field: str
-    ) -> dict[str, Owner]:
-        sobject = self._type(object_type)
-        if not _NAME.fullmatch(owner_field):
-            raise CRMError(
-                CRMErrorKind.VALIDATION, f"not a Salesforce field name: {owner_field!r:.80}"
+    async def owners(self, owner_ids: Sequence[str]) -> dict[str, Owner]:
+        """Users by id, one SOQL query per 200. A record owned by a queue (a Group id) finds no
+        User: that owner comes back without an email, and its review goes to the fallback."""
+        unique = list(dict.fromkeys(str(o) for o in owner_ids if o))
+        valid = [o for o in unique if _valid_id(o)]
+        soqls = [
+            f"SELECT Id, Email, Name FROM User WHERE Id IN ({_quote_ids(c)})" for c in _chunks(valid)
+        ]
+        pages = await asyncio.gather(*(self._run(self._query_all, q) for q in soqls))
+        users = {str(u["Id"])[:15]: u for page in pages for u in page}
+        out: dict[str, Owner] = {}
+        for owner_id in unique:
+            user = users.get(owner_id[:15])
+            out[owner_id] = (
+                Owner(id=owner_id, email=user.get("Email"), name=user.get("Name"))
+                if user
+                else Owner(id=owner_id, email=None)
             )
-        if owner_field.lower().endswith("__c"):
-            relationship = owner_field[:-3] + "__r"
-        elif owner_field.lower().endswith("id") and len(owner_field) > 2:
-            relationship = owner_field[:-2]
-        else:
-            raise CRMError(CRMErrorKind.VALIDATION, f"{owner_field} is not a lookup field")
-        fields = [owner_field, f"{relationship}.Email", f"{relationship}.Name"]
-        states = await self.read_records(sobject, record_ids, fields)
-        owners: dict[str, Owner] = {}
-        for rid, state in states.items():
-            owner_id = state.values.get(owner_field)
-            if owner_id:
-                owners[rid] = Owner(
-                    id=owner_id, email=state.values.get(fields[1]), name=state.values.get(fields[2])
-                )
-        return owners
+        return out
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
         sobject = self._type(object_type)

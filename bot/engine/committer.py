@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.domain import ChangeKind, ChangeStatus
+from bot.engine.governor import Pace
 from bot.engine.ports import CRM, Activity, CRMError, CRMErrorKind
 from bot.engine.values import preview, same_value
 from bot.ledger.repo import AuditEvent, ChangeWork, Ledger, new_id, utcnow
@@ -65,6 +66,9 @@ class Committer:
         self.on_alert: Any = lambda: None
         self.on_outcome: Any = lambda: None  # reviewed changes' messages show outcomes
         self.metrics: Any = None
+        # Spaces passes under load so commits spend at most their share of the CRM budget and
+        # each pass carries more changes (see `bot.engine.governor.Pace`); None: no spacing.
+        self.pace: Pace | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -81,11 +85,21 @@ class Committer:
                 pass
             self._wake.clear()
             try:
-                while not stop.is_set() and await self.run_once() >= self.batch_size:
+                while not stop.is_set() and await self.paced_pass() >= self.batch_size:
                     pass
             except Exception:
                 log.exception("committer pass failed; retrying")
                 await asyncio.sleep(1)
+
+    async def paced_pass(self) -> int:
+        """`run_once` when the pace allows: while it waits, the batch grows."""
+        if self.pace is None:
+            return await self.run_once()
+        if not await self.ledger.changes_to_commit():  # look before spending the pace
+            return 0
+        await self.pace.start()
+        async with self.pace.spending():
+            return await self.run_once()
 
     async def run_once(self) -> int:
         """Lease one batch and commit it; returns how many changes were leased."""
@@ -102,16 +116,21 @@ class Committer:
                 deletions.append(item)  # the compensation of an activity deletes it
             else:
                 by_object[item.object_type].append(item)
-        for object_type, items in by_object.items():
-            await self._commit_fields(object_type, items)
         activities_by_object: dict[str, list[ChangeWork]] = defaultdict(list)
         for item in activities:
             activities_by_object[item.object_type].append(item)
-        for object_type, items in activities_by_object.items():
-            await self._commit_activities(object_type, items)
-        for item in deletions:
-            await self._delete_activity(item)
+        # The groups touch different CRM endpoints and different ledger rows: they go side by
+        # side, so a note does not wait for the field writes of its pass.
+        outcomes = await asyncio.gather(
+            *(self._commit_fields(o, items) for o, items in by_object.items()),
+            *(self._commit_activities(o, items) for o, items in activities_by_object.items()),
+            *(self._delete_activity(item) for item in deletions),
+            return_exceptions=True,
+        )
         self.on_outcome()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(work)
 
     # --- fields --------------------------------------------------------------------------------

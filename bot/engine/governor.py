@@ -20,9 +20,8 @@ sends in one request (HubSpot 100, Salesforce 200; `chunk_size` to override) and
 inner call paying one token, so a token is an HTTP request and a rate-limited chunk is resent
 alone. The few adapter calls known to send more than one request pay for all of them at once:
 on HubSpot `delete_activity` (a GET, then the archive) and `describe` of deals (properties and
-pipelines) cost 2, and `read_owners` costs 1 + the number of records (one owner lookup each at
-most; the adapter caches owners for 5 minutes, so this over-counts; HubSpot read_owners calls are
-cut so that 1 + records fits in the bucket). A cost above `burst` is charged as `burst` (only
+pipelines) cost 2, and `owners` costs one request per owner id (HubSpot's owners API has no
+batch read; such calls are cut so that a chunk fits in the bucket). A cost above `burst` is charged as `burst` (only
 with an explicit `burst=1` on HubSpot). The exception nobody can foresee: when HubSpot refuses a
 whole batch for one bad value, the adapter bisects it and resends the halves; those extra
 requests are not paid for. `create_activities` pays one token a chunk: on HubSpot the items are
@@ -38,13 +37,21 @@ Within one process the takers queue on a lock, so only one of them polls the sto
 Retries. RATE_LIMITED (429, Salesforce's REQUEST_LIMIT_EXCEEDED) means the request was not
 processed: it is retried, reads and writes alike, after `retry_after` or an exponential backoff
 with jitter, and the pause is written to the store so that every replica holds off. TRANSIENT
-(5xx, timeout, connection) is retried for reads only (`read_records`, `read_owners`, `describe`);
+(5xx, timeout, connection) is retried for reads only (`read_records`, `owners`, `describe`);
 a write's outcome is unknown, so it is raised and the committer re-reads before writing again.
 From `update_records`' per-record results (and `create_activities`' per-item ones) only the
 RATE_LIMITED records are resent; the others' results stand. After `max_attempts` inner calls the last error is raised (or, for per-record
 results, returned). A wait longer than `max_wait` (the daily ceiling, or a long Retry-After) is
 not slept through: the call raises CRMError(RATE_LIMITED, retry_after=seconds), which the
 committer already turns into a deferral.
+
+Pacing a job (`Pace`). The budget says how much may be spent; it does not say how to spend it
+well. A background job that batches (the committer, review routing) spends fewer requests per
+change the longer it lets work gather, so each such job gets a `Pace`: a bucket of passes in the
+same store (shared by the replicas: they pace as one), spaced so that the job spends at most
+`share` of the budget's rate, given what its passes have cost lately. After a quiet spell a pass
+starts at once; under sustained load the passes are evenly spaced, and each carries everything
+that arrived since the last one.
 """
 
 from __future__ import annotations
@@ -53,7 +60,10 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -71,6 +81,9 @@ from bot.engine.ports import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The job a CRM call is made for (a `Pace`'s lane), so the governor can count what it spent.
+_lane: ContextVar[str | None] = ContextVar("crm_lane", default=None)
 
 # Records one request of the adapter carries: the batch endpoints' limits.
 CHUNK_SIZES = {"hubspot": 100, "salesforce": 200}
@@ -106,8 +119,8 @@ def requests_per_call(kind: str, method: str, object_type: str = "", records: in
             return 2
         if method == "describe" and object_type.lower() in _HUBSPOT_DEALS:
             return 2
-        if method == "read_owners":
-            return 1 + records
+        if method == "owners":
+            return records  # one owners-API request per id
     return 1
 
 
@@ -202,6 +215,12 @@ class GovernedCRM:
         self._sleep = sleep
         self._on_wait = on_wait
         self._clock = clock
+        self.spent: Counter[str] = Counter()  # requests paid for, per lane (see `Pace`)
+
+    def pace(self, lane: str, share: float, *, cost: float = 1.0) -> Pace:
+        """A `Pace` for a job that may spend `share` of this budget under sustained load;
+        `cost` is a first guess of the requests a pass sends."""
+        return Pace(self, lane, share, cost=cost)
 
     # --- the CRM port -----------------------------------------------------------------------
     async def read_records(
@@ -241,27 +260,22 @@ class GovernedCRM:
             raise raised[0]
         return results
 
-    async def read_owners(
-        self, object_type: str, record_ids: Sequence[str], owner_field: str
-    ) -> dict[str, Owner]:
-        ids = list(dict.fromkeys(str(i) for i in record_ids))
+    async def owners(self, owner_ids: Sequence[str]) -> dict[str, Owner]:
+        ids = list(dict.fromkeys(str(i) for i in owner_ids if i))
         size = self.chunk_size
-        if requests_per_call(self.kind, "read_owners", object_type, 1) > 1:
-            size = max(1, min(size, self.capacity - 1))  # 1 + size must fit in the bucket
+        if requests_per_call(self.kind, "owners", "", 2) > 1:
+            size = max(1, min(size, self.capacity))  # one request per id: a chunk fits the bucket
 
         def read(chunk: Sequence[str]) -> Callable[[], Awaitable[dict[str, Owner]]]:
-            return lambda: self.inner.read_owners(object_type, chunk, owner_field)
+            return lambda: self.inner.owners(chunk)
 
         pages = await _all_or_nothing(
             self._call(
-                "read_owners",
-                requests_per_call(self.kind, "read_owners", object_type, len(c)),
-                read(c),
-                read=True,
+                "owners", requests_per_call(self.kind, "owners", "", len(c)), read(c), read=True
             )
             for c in _chunks(ids, size)
         )
-        return {rid: owner for page in pages for rid, owner in page.items()}
+        return {oid: owner for page in pages for oid, owner in page.items()}
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:
         return await self._call(
@@ -467,6 +481,9 @@ class GovernedCRM:
                         f"the CRM request budget is unavailable: {type(exc).__name__}",
                     ) from exc
                 if wait <= 0:
+                    lane = _lane.get()
+                    if lane is not None:
+                        self.spent[lane] += cost
                     return
                 if wait > self.max_wait:
                     raise CRMError(
@@ -507,3 +524,62 @@ class GovernedCRM:
             self._on_wait(method, seconds)
         except Exception:  # metrics must never break a CRM call
             log.exception("on_wait failed")
+
+
+class Pace:
+    """Spaces a job's passes so that, under sustained load, the job spends at most `share` of
+    the CRM budget (see the module docstring).
+
+    The bucket (in the budget store, so replicas pace as one) holds passes, not requests: one
+    pass at most, refilled at share * rate / cost passes per second, where `cost` is a moving
+    average of the requests a pass sends, counted by the governor inside `spending()`. Evenly
+    spaced passes keep the wait of a change for its pass, and so its latency, as short as the
+    share allows; paying each pass's exact cost would space them unevenly (a pass with a note
+    would hold the next one back further). `start()` waits for a pass; `ready_in()` is its
+    non-blocking form for a job that has other work to do meanwhile."""
+
+    SMOOTHING = 0.2  # weight of the latest pass in the moving average
+
+    def __init__(self, crm: GovernedCRM, lane: str, share: float, *, cost: float = 1.0) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("a pace's share must be in (0, 1]")
+        if cost <= 0:
+            raise ValueError("a pass costs at least one request")
+        self.crm = crm
+        self.lane = lane
+        self.name = f"{crm.name}:{lane}"
+        self.rate = crm.rate * share  # requests per second
+        self.cost = float(cost)  # requests per pass, learned from the passes
+
+    @property
+    def interval(self) -> float:
+        """Seconds between passes under sustained load."""
+        return self.cost / self.rate
+
+    async def ready_in(self) -> float:
+        """Take a pass and return 0, or take nothing and return the seconds until one is due."""
+        return await self.crm.store.take(
+            self.name,
+            rate=1.0 / self.interval,
+            capacity=1.0,
+            daily_limit=None,
+            now=self.crm._clock(),
+        )
+
+    async def start(self) -> None:
+        """Wait until a pass may start, and take it."""
+        while (wait := await self.ready_in()) > 0:
+            await self.crm._sleep(wait)
+
+    @asynccontextmanager
+    async def spending(self) -> AsyncIterator[None]:
+        """Count the requests sent inside, and learn the cost of a pass from them."""
+        token = _lane.set(self.lane)
+        before = self.crm.spent[self.lane]
+        try:
+            yield
+        finally:
+            _lane.reset(token)
+            spent = self.crm.spent[self.lane] - before
+            if spent > 0:  # a pass that found nothing to do says nothing about the cost
+                self.cost += self.SMOOTHING * (spent - self.cost)

@@ -135,10 +135,10 @@ class CRM(Protocol):
         """Write `{record_id: {field: value}}`; one entry per record: None on success."""
         ...
 
-    async def read_owners(
-        self, object_type: str, record_ids: Sequence[str], owner_field: str
-    ) -> dict[str, Owner]:
-        """The owner of each record (records without an owner are absent)."""
+    async def owners(self, owner_ids: Sequence[str]) -> dict[str, Owner]:
+        """The people behind owner ids (the values of records' owner fields), one entry per id.
+        An id the CRM knows no person for (a queue, a deactivated user) gets an `Owner` without an
+        email. Callers read the owner field with the record and cache the people they learn."""
         ...
 
     async def create_activity(self, object_type: str, record_id: str, activity: Activity) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.domain import ChangeStatus, Tier
+from bot.engine.governor import Pace
 from bot.engine.model import FieldSpec, ReviewLine, ReviewView
 from bot.engine.ports import CRM, CRMError, FieldSchema, Owner, RecordState, ReviewChannel
 from bot.ledger.repo import OPEN_REVIEW_STATES, AuditEvent, Ledger, new_id, utcnow
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 # While the committer works on a just-decided proposal, wait this long for its outcome so the
 # reviewer's message is updated once, with the result, instead of twice.
 SETTLE_GRACE = timedelta(seconds=5)
+OWNER_TTL = 300.0  # seconds a record owner's person (email, name) is trusted
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class Reviews:
         self.on_alert: Callable[[], None] = lambda: None
         self.metrics: Any = None
         self._wake = asyncio.Event()
+        self._owner_cache: dict[str, tuple[float, Owner]] = {}  # owner id -> (good until, person)
+        self._clock: Callable[[], float] = time.monotonic
+        # Spaces routing passes under load (see `bot.engine.governor.Pace`); None: no spacing.
+        self.pace: Pace | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -86,7 +93,7 @@ class Reviews:
             except TimeoutError:
                 pass
             self._wake.clear()
-            for job in (self.route_pending, self.expire_due, self.remind_due, self.sync_messages):
+            for job in (self.paced_route, self.expire_due, self.remind_due, self.sync_messages):
                 try:
                     await job()
                 except Exception:
@@ -120,8 +127,22 @@ class Reviews:
         return user_id == view.reviewer_id or user_id in self.delegates or await self.is_ops(user_id)
 
     # --- routing -------------------------------------------------------------------------------
+    async def paced_route(self) -> int:
+        """`route_pending` when the pace allows; otherwise the loop is woken when it will, and
+        the reviews that arrive meanwhile are read from the CRM together."""
+        if self.pace is None:
+            return await self.route_pending()
+        if not await self.ledger.reviews_to_route():
+            return 0
+        wait = await self.pace.ready_in()
+        if wait > 0:
+            asyncio.get_running_loop().call_later(wait, self._wake.set)
+            return 0
+        async with self.pace.spending():
+            return await self.route_pending()
+
     async def route_pending(self) -> int:
-        ids = await self.ledger.claim_reviews_to_route(self.owner, 20, self.lease)
+        ids = await self.ledger.claim_reviews_to_route(self.owner, 100, self.lease)
         rows = [row for row in [await self.ledger.proposal(i) for i in ids] if row is not None]
         # One CRM read per object for every review claimed together, not one per review.
         by_object: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -163,14 +184,27 @@ class Reviews:
         }
         if obj and obj.name_field:
             fields.add(obj.name_field)
+        if obj and obj.owner_field:
+            fields.add(obj.owner_field)  # read with the record: its owner costs no second read
         record_ids = sorted({row["record_id"] for row in rows})
         # A record is read even when only activities are under review: it must exist.
-        records = await self.crm.read_records(object_type, record_ids, sorted(fields) or [obj.owner_field if obj and obj.owner_field else "id"])
-        owners: dict[str, Owner] = {}
-        present = [r for r in record_ids if r in records]
-        if obj and obj.owner_field and present:
-            owners = await self.crm.read_owners(object_type, present, obj.owner_field)
+        records = await self.crm.read_records(object_type, record_ids, sorted(fields) or ["id"])
+        if not (obj and obj.owner_field):
+            return records, {}
+        owner_ids = {rid: str(state.values.get(obj.owner_field) or "") for rid, state in records.items()}
+        people = await self._people(sorted({o for o in owner_ids.values() if o}))
+        owners = {rid: people[oid] for rid, oid in owner_ids.items() if oid in people}
         return records, owners
+
+    async def _people(self, owner_ids: list[str]) -> dict[str, Owner]:
+        """Owner id -> person, from the CRM for ids not looked up in the last OWNER_TTL seconds."""
+        now = self._clock()
+        missing = [o for o in owner_ids if (hit := self._owner_cache.get(o)) is None or hit[0] <= now]
+        if missing:
+            found = await self.crm.owners(missing)
+            for owner_id in missing:
+                self._owner_cache[owner_id] = (now + OWNER_TTL, found.get(owner_id, Owner(owner_id, None)))
+        return {o: self._owner_cache[o][1] for o in owner_ids}
 
     async def _route(self, row: dict[str, Any], records: dict[str, RecordState], owners: dict[str, Owner]) -> None:
         proposal_id = row["id"]
@@ -211,7 +245,12 @@ class Reviews:
         if reviewer:
             target: str | None = await self.channel.open_dm(reviewer)
         else:
-            note = f"the record owner ({email}) has no Slack user" if email else "the record has no owner in the CRM"
+            if email:
+                note = f"the record owner ({email}) has no Slack user"
+            elif found:
+                note = f"the record owner ({found.name or found.id}) has no email in the CRM"
+            else:
+                note = "the record has no owner in the CRM"
             target = self.fallback_channel
         shown = {c["id"]: state.values.get(c["field"]) for c in pending if c["kind"] == "field"}
         values: dict[str, Any] = {

@@ -154,6 +154,28 @@ def event_hash(prev_hash: str, at: datetime, row: AuditEvent) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+# Reviews to route: unrouted, or routed but never posted (a crash between the two).
+_TO_ROUTE = or_(
+    proposals.c.review_state == "unrouted",
+    and_(
+        proposals.c.review_state == "pending",
+        proposals.c.review_ts.is_(None),
+        proposals.c.review_channel.is_not(None),
+    ),
+)
+
+
+def _commit_claimable(now: datetime) -> Any:
+    """Changes the committer may lease: queued and free, or caught mid-commit by a crash."""
+    return or_(
+        and_(
+            changes.c.status == ChangeStatus.QUEUED.value,
+            or_(changes.c.lease_expires.is_(None), changes.c.lease_expires < now),
+        ),
+        and_(changes.c.status == ChangeStatus.COMMITTING.value, changes.c.lease_expires < now),
+    )
+
+
 async def _lease(
     conn: AsyncConnection,
     table: Any,
@@ -527,17 +549,15 @@ class Ledger:
             return [dict(r._mapping) for r in rows]
 
     # --- the committer -------------------------------------------------------------------------
+    async def changes_to_commit(self) -> bool:
+        """Whether `claim_changes` would find work now (a lock-free look)."""
+        return await self._claimable(changes, _commit_claimable(utcnow()))
+
     async def claim_changes(self, owner: str, limit: int, lease: timedelta) -> list[ChangeWork]:
         """Lease up to `limit` changes to commit: queued ones, and committing ones whose lease ran
         out (a crash mid-commit) for recovery. Safe with many replicas (SKIP LOCKED)."""
         now = utcnow()
-        claimable = or_(
-            and_(
-                changes.c.status == ChangeStatus.QUEUED.value,
-                or_(changes.c.lease_expires.is_(None), changes.c.lease_expires < now),
-            ),
-            and_(changes.c.status == ChangeStatus.COMMITTING.value, changes.c.lease_expires < now),
-        )
+        claimable = _commit_claimable(now)
         if not await self._claimable(changes, claimable):
             return []
         async with self.engine.begin() as conn:
@@ -959,18 +979,15 @@ class Ledger:
         async with self.reader.connect() as conn:
             return [r[0] for r in await conn.execute(select(proposals.c.id).where(condition).order_by(order).limit(limit))]
 
+    async def reviews_to_route(self) -> bool:
+        """Whether `claim_reviews_to_route` would find work now (a lock-free look)."""
+        free = or_(proposals.c.lease_expires.is_(None), proposals.c.lease_expires < utcnow())
+        return await self._claimable(proposals, and_(_TO_ROUTE, free))
+
     async def claim_reviews_to_route(self, owner: str, limit: int, lease: timedelta) -> list[str]:
         """Unrouted reviews, and routed ones whose message was never posted (a crash between
         recording the route and posting)."""
-        condition = or_(
-            proposals.c.review_state == "unrouted",
-            and_(
-                proposals.c.review_state == "pending",
-                proposals.c.review_ts.is_(None),
-                proposals.c.review_channel.is_not(None),
-            ),
-        )
-        return await self.claim_proposals(owner, condition, limit, lease)
+        return await self.claim_proposals(owner, _TO_ROUTE, limit, lease)
 
     async def claim_reviews_to_sync(self, owner: str, limit: int, lease: timedelta) -> list[str]:
         """Reviews whose message no longer shows what the ledger holds."""
