@@ -193,6 +193,9 @@ def gate_settings(database_url: str, crm_stand_in: Any, slack: Any, **extra: Any
         tiers_file=extra.pop("tiers_file", ROOT / "tiers.yaml"),
         commit_linger="10ms",
         job_interval="200ms",
+        # Tests take one step at a time and wait for it; pacing has tests of its own.
+        commit_budget_share=extra.pop("commit_budget_share", 1.0),
+        review_budget_share=extra.pop("review_budget_share", 1.0),
         slack_ops_users=extra.pop("slack_ops_users", seed.OPS_USER.slack_id),
         callback_signing_secret=extra.pop("callback_signing_secret", CALLBACK_SECRET),
         **extra,

@@ -55,3 +55,52 @@ def test_engine_and_policy_type_check_strictly():
         cwd=BOT.parent, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _awaits(node: ast.AST) -> list[str]:
+    """The names of the methods awaited anywhere in `node` (`execute`, `_append_audit`...)."""
+    return [
+        n.value.func.attr
+        for n in ast.walk(node)
+        if isinstance(n, ast.Await) and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Attribute)
+    ]
+
+
+def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
+    return [b for f in ("body", "orelse", "finalbody") if isinstance(b := getattr(node, f, None), list)]
+
+
+def _awaited_after_audit(transaction: ast.AsyncWith) -> list[tuple[int, list[str]]]:
+    """For every `await self._append_audit(...)` in the transaction: what is awaited after it on
+    the way out of the transaction (up through the enclosing blocks, unless a block returns or
+    raises first)."""
+    found = []
+
+    def visit(block: list[ast.stmt], outer: list[list[ast.stmt]]) -> None:
+        for i, statement in enumerate(block):
+            direct = isinstance(statement, ast.Expr) and "_append_audit" in _awaits(statement)
+            if direct:
+                later, chain = block[i + 1 :], [*outer]
+                after = []
+                while True:
+                    after += [name for s in later for name in _awaits(s)]
+                    if any(isinstance(s, (ast.Return, ast.Raise)) for s in later) or not chain:
+                        break
+                    later = chain.pop()
+                found.append((statement.lineno, after))
+            for inner in _blocks(statement):
+                visit(inner, [*outer, block[i + 1 :]])
+
+    visit(transaction.body, [])
+    return found
+
+
+def test_the_audit_chain_lock_is_taken_last_in_every_transaction():
+    """The chain's lock (PostgreSQL) is taken inside `_append_audit`; a row written after it
+    would be a lock awaited while holding it, the recipe for a deadlock with a transaction that
+    locked that row first and now waits for the chain."""
+    tree = ast.parse((BOT / "ledger" / "repo.py").read_text())
+    appends = [a for n in ast.walk(tree) if isinstance(n, ast.AsyncWith) for a in _awaited_after_audit(n)]
+    assert len(appends) >= 10  # every audited transaction of the ledger was looked at
+    late = [(line, after) for line, after in appends if after]
+    assert not late, f"awaited after _append_audit in the same transaction (repo.py line, calls): {late}"

@@ -481,7 +481,8 @@ async def _unsent_is_zero(server) -> bool:
     return await server.gate.ledger.unsent_alerts() == 0
 
 
-async def test_reviews_claimed_together_share_their_crm_reads(server):
+async def test_reviews_claimed_together_share_their_crm_reads(make_server):
+    server = await make_server(review_budget_share=0.02)  # the default
     hubspot = server.crm_stand_in
     server.slack.message_rate = None  # twenty DMs to one person: not what this test is about
     for i in range(20):

@@ -239,6 +239,9 @@ class Ledger:
 
     # --- audit ---------------------------------------------------------------------------------
     async def _append_audit(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> None:
+        """Chain `events` onto the trail. Always the last write of its transaction (a test checks
+        it): on PostgreSQL the chain's lock is then never held while waiting for a row lock, so
+        no two transactions can deadlock through it."""
         if not events:
             return
         if self.dialect == "postgresql":
@@ -676,8 +679,8 @@ class Ledger:
                     alerts.insert(),
                     [{**row, "created_at": now, "attempts": 0} for row in alert_rows],
                 )
-            await self._append_audit(conn, events)
             await self._after_moves(conn, moved, now)
+            await self._append_audit(conn, events)
         return moved
 
     async def _after_moves(self, conn: AsyncConnection, change_ids: Sequence[str], now: datetime) -> None:
@@ -899,8 +902,8 @@ class Ledger:
                     .where(changes.c.id.in_(ids), changes.c.status == ChangeStatus.PENDING_REVIEW.value)
                     .values(status=change_status.value, error=reason, updated_at=now)
                 )
-            await self._append_audit(conn, [event])
             await self._after_moves(conn, ids, now)
+            await self._append_audit(conn, [event])
         return True
 
     async def decide(
@@ -944,8 +947,8 @@ class Ledger:
                     .where(changes.c.id == change_id, changes.c.status == ChangeStatus.PENDING_REVIEW.value)
                     .values(decided_by=actor, decided_at=now, updated_at=now, **values)
                 )
-            await self._append_audit(conn, events)
             await self._after_moves(conn, pending, now)
+            await self._append_audit(conn, events)
         return True
 
     async def mark_reminded(self, proposal_id: str) -> bool:
