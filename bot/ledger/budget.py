@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.ledger.db import begin
 from bot.ledger.tables import Ts, metadata
 
 budget_table = Table(
@@ -181,7 +182,7 @@ class SqlBudgetStore:
         initial = BudgetState(
             tokens=float(capacity), updated_at=_utc(now), day=_utc(now).date(), used_today=0
         )
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             before = await self._locked(conn, name, initial)
             state, wait = decide(
                 before, rate=rate, capacity=capacity, daily_limit=daily_limit, now=now, cost=cost
@@ -190,7 +191,7 @@ class SqlBudgetStore:
         return wait
 
     async def pause(self, name: str, *, until: datetime) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             before = await self._locked(conn, name, paused(None, until=until))
             await self._save(conn, name, before, paused(before, until=until))
 

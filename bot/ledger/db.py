@@ -1,22 +1,44 @@
 """Database engine and migrations.
 
 SQLite (the single-process default) runs in WAL mode, and every transaction starts with
-`BEGIN IMMEDIATE` so that concurrent writers queue on the busy timeout instead of failing when a
-read transaction upgrades to a write. PostgreSQL (`postgresql+asyncpg://`) is for replicas.
+`BEGIN IMMEDIATE` so that concurrent writers queue instead of failing when a read transaction
+upgrades to a write. The ledger opens its write transactions with `begin()`, which on SQLite
+first queues the process's writers on an asyncio lock: SQLite's own busy wait polls in sleeps of
+up to 100 ms, so a writer that found the lock taken a moment ago could sleep long after it was
+free; the asyncio lock hands it over the moment the last writer commits, in arrival order.
+PostgreSQL (`postgresql+asyncpg://`) is for replicas.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_WRITERS: WeakKeyDictionary[Engine, asyncio.Lock] = WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction; on SQLite, this process's writers take turns (module docstring).
+    Never nest two: on SQLite the inner one would wait for the outer one forever."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            yield conn
+        return
+    lock = _WRITERS.setdefault(engine.sync_engine, asyncio.Lock())
+    async with lock, engine.begin() as conn:
+        yield conn
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain import ChangeStatus
+from bot.ledger.db import begin
 from bot.ledger.tables import (
     agents,
     alerts,
@@ -271,7 +272,7 @@ class Ledger:
         await conn.execute(audit_events.insert(), rows)
 
     async def audit(self, *events: AuditEvent) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await self._append_audit(conn, events)
 
     async def audit_events(self, *, since: datetime | None = None) -> list[dict[str, Any]]:
@@ -308,7 +309,7 @@ class Ledger:
             raise ValueError(f"agent name {name!r}: use 1-100 letters, digits, '.', '_' or '-'")
         key = "gk_" + secrets.token_urlsafe(32)
         agent = Agent(new_id("agt"), name, key[:10], utcnow(), None)
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             existing = await conn.scalar(select(agents.c.id).where(agents.c.name == name))
             if existing and replace:
                 await conn.execute(
@@ -342,7 +343,7 @@ class Ledger:
             return [Agent(r.id, r.name, r.key_prefix, r.created_at, r.revoked_at) for r in rows]
 
     async def revoke_agent(self, name: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(agents)
                 .where(agents.c.name == name, agents.c.revoked_at.is_(None))
@@ -442,7 +443,7 @@ class Ledger:
     async def _record_batch(self, batch: list[_PendingProposal]) -> None:
         now = utcnow()
         outcomes: list[StoredResponse | Exception] = []
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             existing: dict[tuple[str, str], Any] = {}
             keys = sorted({item.key for item in batch})
             for i in range(0, len(keys), 500):
@@ -509,7 +510,7 @@ class Ledger:
 
     async def _record_one(self, item: _PendingProposal) -> StoredResponse:
         try:
-            async with self.engine.begin() as conn:
+            async with begin(self.engine) as conn:
                 stored = await self._stored_response(conn, item.agent_id, item.key, item.request_hash)
                 if stored is not None:
                     return stored
@@ -563,7 +564,7 @@ class Ledger:
         claimable = _commit_claimable(now)
         if not await self._claimable(changes, claimable):
             return []
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             ids = await _lease(
                 conn, changes, claimable, owner=owner, limit=limit, lease=lease, now=now,
                 order_by=(changes.c.created_at, changes.c.seq), count_attempt=True,
@@ -615,7 +616,7 @@ class Ledger:
         ids = list(change_ids)
         if not ids:
             return
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(changes)
                 .where(changes.c.id.in_(ids), changes.c.lease_owner == owner)
@@ -641,7 +642,7 @@ class Ledger:
         groups: dict[tuple[ChangeStatus, ChangeStatus, tuple[str, ...]], list[tuple[str, dict[str, Any]]]] = {}
         for change_id, old, new, values, _event in updates:
             groups.setdefault((old, new, tuple(sorted(values))), []).append((change_id, values))
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             moved_set: set[str] = set()
             for (old, new, columns), items in groups.items():
                 where = [changes.c.id == bindparam("b_id"), changes.c.status == old.value]
@@ -764,7 +765,7 @@ class Ledger:
         order = (alerts.c.created_at, alerts.c.id)
         if not await self._claimable(alerts, claimable):
             return []
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             ids = await _lease(
                 conn, alerts, claimable, owner=owner, limit=limit, lease=lease, now=now, order_by=order, count_attempt=True
             )
@@ -774,7 +775,7 @@ class Ledger:
             return [dict(r._mapping) for r in rows]
 
     async def alerts_sent(self, ids: Sequence[str], owner: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(alerts)
                 .where(alerts.c.id.in_(list(ids)), alerts.c.lease_owner == owner)
@@ -784,7 +785,7 @@ class Ledger:
     async def alerts_failed(
         self, ids: Sequence[str], owner: str, error: str, retry_in: timedelta
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(alerts)
                 .where(alerts.c.id.in_(list(ids)), alerts.c.lease_owner == owner)
@@ -808,14 +809,14 @@ class Ledger:
         free = or_(proposals.c.lease_expires.is_(None), proposals.c.lease_expires < now)
         if not await self._claimable(proposals, and_(condition, free)):
             return []
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             return await _lease(
                 conn, proposals, and_(condition, free), owner=owner, limit=limit, lease=lease, now=now,
                 order_by=(proposals.c.created_at,),
             )
 
     async def release_proposal(self, proposal_id: str, owner: str, *, delay: timedelta = timedelta(0)) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(proposals)
                 .where(proposals.c.id == proposal_id, proposals.c.lease_owner == owner)
@@ -837,7 +838,7 @@ class Ledger:
         posted, so a click that arrives the instant it appears finds its review ready. The lease
         is kept for the posting; `save_review_message` completes the route."""
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(proposals)
                 .where(
@@ -863,7 +864,7 @@ class Ledger:
         return True
 
     async def save_review_message(self, proposal_id: str, owner: str, message_id: str, synced: int) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(proposals)
                 .where(proposals.c.id == proposal_id, proposals.c.review_ts.is_(None))
@@ -881,7 +882,7 @@ class Ledger:
     ) -> bool:
         """End a review without a person's decision (expired, or the record is gone)."""
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(proposals)
                 .where(proposals.c.id == proposal_id, proposals.c.review_state.in_(list(from_states)))
@@ -921,7 +922,7 @@ class Ledger:
         `approved` maps each pending change id to the value to write (approve / edit); for a
         rejection it is empty. Changes not pending review are never touched."""
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(proposals)
                 .where(proposals.c.id == proposal_id, proposals.c.review_state.in_(["pending", "unroutable"]))
@@ -952,7 +953,7 @@ class Ledger:
         return True
 
     async def mark_reminded(self, proposal_id: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(proposals)
                 .where(
@@ -965,7 +966,7 @@ class Ledger:
             return bool(result.rowcount)
 
     async def mark_synced(self, proposal_id: str, version: int, owner: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(proposals)
                 .where(proposals.c.id == proposal_id, proposals.c.message_synced < version)
@@ -1037,7 +1038,7 @@ class Ledger:
         )
         if not await self._claimable(callbacks, due):
             return []
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             ids = await _lease(
                 conn, callbacks, due, owner=owner, limit=limit, lease=lease, now=now,
                 order_by=(callbacks.c.next_attempt_at,), count_attempt=True,
@@ -1059,7 +1060,7 @@ class Ledger:
             values["gave_up_at"] = now
         else:
             values["next_attempt_at"] = now + retry_in
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(callbacks).where(callbacks.c.id == callback_id, callbacks.c.lease_owner == owner).values(**values)
             )
@@ -1122,7 +1123,7 @@ class Ledger:
     async def create_rollback(
         self, rollback_id: str, *, target: str, requested_by: str, plan: list[dict[str, Any]], event: AuditEvent
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 rollbacks.insert().values(
                     id=rollback_id,
@@ -1152,7 +1153,7 @@ class Ledger:
     ) -> int:
         """previewed -> confirmed, once; queue one compensation per item not yet reverted."""
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(rollbacks)
                 .where(rollbacks.c.id == rollback_id, rollbacks.c.state == "previewed")
@@ -1232,7 +1233,7 @@ class Ledger:
             return len(rows)
 
     async def cancel_rollback(self, rollback_id: str, event: AuditEvent) -> bool:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(rollbacks)
                 .where(rollbacks.c.id == rollback_id, rollbacks.c.state == "previewed")
@@ -1257,7 +1258,7 @@ class Ledger:
         self, rollback_id: str, *, summary: dict[str, Any], alert: dict[str, Any], event: AuditEvent
     ) -> bool:
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             result = await conn.execute(
                 update(rollbacks)
                 .where(rollbacks.c.id == rollback_id, rollbacks.c.state == "confirmed")
@@ -1286,7 +1287,7 @@ class Ledger:
                 where.append(changes.c.created_at <= older_than)
         if not await self._claimable(changes, and_(*where)):
             return []
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             ids = await _lease(
                 conn, changes, and_(*where), owner=owner, limit=limit, lease=lease, now=now,
                 order_by=(changes.c.created_at,),
@@ -1302,7 +1303,7 @@ class Ledger:
 
     async def save_shadow_capture(self, values: dict[str, Any], owner: str) -> None:
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             for change_id, value in values.items():
                 await conn.execute(
                     update(changes)
@@ -1312,7 +1313,7 @@ class Ledger:
 
     async def save_shadow_outcomes(self, outcomes: list[dict[str, Any]], owner: str, event: AuditEvent) -> None:
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             for o in outcomes:
                 exists = await conn.scalar(
                     select(shadow_outcomes.c.change_id).where(shadow_outcomes.c.change_id == o["change_id"])
@@ -1416,7 +1417,7 @@ class Ledger:
     async def raise_alarm(self, key: str, value: Any, alert: dict[str, Any]) -> bool:
         """Raise an alarm once: True (and the alert queued) only if it was not already raised."""
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             row = (await conn.execute(select(drift_alarms).where(drift_alarms.c.key == key).with_for_update())).first()
             if row is not None and row.cleared_at is None:
                 return False
@@ -1431,7 +1432,7 @@ class Ledger:
             return True
 
     async def clear_alarm(self, key: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(
                 update(drift_alarms).where(drift_alarms.c.key == key, drift_alarms.c.cleared_at.is_(None)).values(cleared_at=utcnow())
             )
@@ -1457,5 +1458,5 @@ class Ledger:
             return [dict(r._mapping) for r in rows]
 
     async def enqueue_alert(self, kind: str, text: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(alerts.insert().values(id=new_id("alr"), kind=kind, text=text, created_at=utcnow(), attempts=0))
