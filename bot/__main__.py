@@ -201,16 +201,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 async def _rollback(settings: Settings, args: argparse.Namespace) -> int:
     import getpass
 
-    from bot.app import build_crm, replica_id
+    from bot.app import build_crm, govern, replica_id
     from bot.engine.committer import Committer
     from bot.engine.rollback import Rollbacks, TargetError
     from bot.ledger.db import make_engine, upgrade
     from bot.ledger.repo import Ledger
+    from bot.metrics import Metrics
 
     engine = make_engine(settings.database_url)
     await upgrade(engine)
     ledger = Ledger(engine)
-    crm = await build_crm(settings, [])
+    # The same budget as the servers': a rollback from the CLI never pushes the CRM past it.
+    crm = govern(await build_crm(settings, []), engine, settings, Metrics())
     actor = f"cli:{getpass.getuser()}"
     try:
         rollbacks = Rollbacks(ledger, crm)

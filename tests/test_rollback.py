@@ -339,6 +339,16 @@ async def test_a_server_killed_mid_write_commits_exactly_once_after_restart(cli_
 # --- the CLI -----------------------------------------------------------------------------------
 
 
+def _budget_used(cli_env) -> int:
+    """Requests paid for today from the shared CRM budget (the `crm_budget` table)."""
+    db = sqlite3.connect(cli_env["DATABASE_URL"].split("///", 1)[1], timeout=30)
+    try:
+        row = db.execute("SELECT used_today FROM crm_budget WHERE name = 'hubspot'").fetchone()
+    finally:
+        db.close()
+    return row[0] if row else 0
+
+
 async def test_cli_rollback_dry_run_then_yes(make_server, cli_env):
     server = await make_server(database_url=cli_env["DATABASE_URL"])
     detail = await commit(server, "9001", "description", "cli target")
@@ -348,10 +358,13 @@ async def test_cli_rollback_dry_run_then_yes(make_server, cli_env):
     assert server.crm_stand_in.value("deals", "9001", "description") == "cli target"
     code, out, err = await _cli(cli_env, "rollback", detail["id"])  # no terminal, no --yes
     assert code == 2 and "--yes" in err
+    requests, spent = len(server.crm_stand_in.calls), _budget_used(cli_env)
     code, out, err = await _cli(cli_env, "rollback", detail["id"], "--yes")
     assert code == 0, out + err
     assert "1 reverted" in out and "1/1 written" in err  # the progress bar
     assert server.crm_stand_in.value("deals", "9001", "description") == "Renewal of the platform licence, 3 years."
+    # The CLI spends from the budget the servers share: every request it sent was paid for.
+    assert len(server.crm_stand_in.calls) - requests == _budget_used(cli_env) - spent >= 2
     code, out, err = await _cli(cli_env, "rollback", detail["id"], "--yes")
     assert code == 2 and "nothing to roll back" in err
 
