@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +264,18 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
         lease=settings.lease_duration,
         interval=settings.job_interval,
     )
-    alerts = AlertDispatcher(ledger, channel, owner=owner)
+    alerts_every = 1.1  # seconds: Slack allows about one message per second per channel
+
+    async def alert_turn() -> float:
+        return await crm.store.take(
+            f"slack-alerts:{slack.alerts_channel}",
+            rate=1 / alerts_every,
+            capacity=1.0,
+            daily_limit=None,
+            now=datetime.now(UTC),
+        )
+
+    alerts = AlertDispatcher(ledger, channel, owner=owner, min_interval=alerts_every, turn=alert_turn)
     reviews = Reviews(
         ledger,
         crm,

@@ -13,6 +13,8 @@ The phases, each printing a progress line to stderr:
 then one gate (or two replicas) on a fresh ledger with the default batching, after a warm-up:
 3. open loop at the commit rate (--commit-rate, default 100/s): intake to committed, CRM calls per
    committed change, 429s, failures, Slack calls per reviewed proposal;
+   then a rollback: 1,000 autonomous changes of one agent run, committed, undone with
+   `python -m bot rollback run:... --yes`, its CRM calls counted at the stand-in;
 4. open loop at --rate (default 200/s): intake latency, measured from the moment each request was
    due (so a server that falls behind cannot hide its queue in the client's connection pool);
 5. closed loop, --agents requests always in flight: intake throughput at saturation;
@@ -63,6 +65,7 @@ OWNER_IDS = ("101", "102", "103")
 BLOCKED_SLOTS = frozenset({25, 60, 90})
 REVIEWED_SLOT = 50
 NOTE_SLOT = 0
+ROLLBACK_CHANGES = 1_000
 MIX = "95% description (autonomous), 3% amount (blocked), 1% dealstage (reviewed), 1% note"
 
 # Row labels of the table (the test checks every one is printed).
@@ -84,6 +87,7 @@ ROW_LABELS = (
     "Slack calls per reviewed proposal",
     "peak RSS per server process",
     "RSS growth after warm-up",
+    "rollback of 1,000 changes",
     "total wall time",
 )
 
@@ -161,14 +165,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def proposal_body(i: int, tag: str, deals: int, *, refused: bool = False) -> bytes:
-    """The i-th proposal of a phase: the mix above, round-robin over the seeded deals; or, with
-    `refused`, a change to a read-only field (the whole intake path, and no CRM work after)."""
+def proposal_body(i: int, tag: str, deals: int, *, mix: str = "mixed") -> bytes:
+    """The i-th proposal of a phase, round-robin over the seeded deals: the mix above; or only
+    autonomous `description` writes (`mix="autonomous"`); or a change to a read-only field
+    (`mix="refused"`: the whole intake path, and no CRM work after)."""
     record = str(FIRST_DEAL + i % deals)
     slot = i % 100
     body: dict[str, Any] = {"object": "deals", "record_id": record}
-    if refused:
+    if mix == "refused":
         body["changes"] = {"pipeline": "default"}
+    elif mix == "autonomous":
+        body["changes"] = {"description": f"Bench {tag}-{i}: to be rolled back."}
     elif slot == NOTE_SLOT:
         body["activities"] = [{"kind": "note", "body": f"Bench note {tag}-{i}: call summary."}]
     elif slot == REVIEWED_SLOT:
@@ -462,8 +469,8 @@ class Load:
         for session in self.sessions:
             await session.close()
 
-    def bodies(self, tag: str, count: int, *, refused: bool = False) -> list[bytes]:
-        return [proposal_body(i, tag, self.deals, refused=refused) for i in range(count)]
+    def bodies(self, tag: str, count: int, *, mix: str = "mixed") -> list[bytes]:
+        return [proposal_body(i, tag, self.deals, mix=mix) for i in range(count)]
 
     async def _post(self, server: int, key: str, body: bytes, result: LoadResult) -> bool:
         headers = {"Authorization": self.auth, "Idempotency-Key": key, "Content-Type": "application/json"}
@@ -477,11 +484,11 @@ class Load:
             return False
 
     async def closed_loop(
-        self, tag: str, seconds: float, pids: Sequence[int], *, refused: bool = False
+        self, tag: str, seconds: float, pids: Sequence[int], *, mix: str = "mixed"
     ) -> LoadResult:
         """Every agent sends its next proposal as soon as the last one is answered."""
         result = LoadResult()
-        pool = self.bodies(tag, 40_000, refused=refused)
+        pool = self.bodies(tag, 40_000, mix=mix)
         counter = itertools.count()
         loop = asyncio.get_running_loop()
         done_at: list[float] = []
@@ -506,12 +513,14 @@ class Load:
         result.client_cpu, result.server_cpu = cpu.shares()
         return result
 
-    async def open_loop(self, tag: str, rate: float, seconds: float, pids: Sequence[int]) -> LoadResult:
+    async def open_loop(
+        self, tag: str, rate: float, seconds: float, pids: Sequence[int], *, mix: str = "mixed"
+    ) -> LoadResult:
         """Proposals due at a fixed rate whatever the answers do; latency counts from when each
         was due, so time spent waiting for a free connection counts too."""
         result = LoadResult()
         count = max(1, int(rate * seconds))
-        bodies = self.bodies(tag, count)
+        bodies = self.bodies(tag, count, mix=mix)
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
         tasks: set[asyncio.Task[None]] = set()
@@ -596,6 +605,10 @@ class Figures:
     slack_alert_posts: int = 0
     reviews: int = 0
     reviews_posted: int = 0
+    rollback_calls: int = 0
+    rollback_reverted: int = 0
+    rollback_seconds: float = 0.0
+    rollback_breakdown: Counter[str] = field(default_factory=Counter)
     rss_warm: list[int] = field(default_factory=list)  # kB
     rss_steps: list[tuple[str, list[int]]] = field(default_factory=list)  # after each phase
     sustained_calls: int = 0  # CRM calls and committed changes over the 200/s and saturation phases
@@ -842,7 +855,7 @@ class Bench:
             # run accumulates, not the first sight of 256 requests in flight. Refused proposals
             # go through all of intake and leave no CRM work to spill into the next phase.
             progress(f"  warm-up: {o.agents} agents in flight for {warm:g}s (read-only fields: refused)")
-            await load.closed_loop(f"warm-sat-{self.tag}", warm, pids, refused=True)
+            await load.closed_loop(f"warm-sat-{self.tag}", warm, pids, mix="refused")
             await self.drain(reader, datetime(2000, 1, 1, tzinfo=UTC), 10)
             f.rss_warm = [proc_status(p)["VmRSS"] for p in pids]
 
@@ -868,6 +881,7 @@ class Bench:
             )
 
             f.rss_steps.append((f"{o.commit_rate:g}/s", [proc_status(p)["VmRSS"] for p in pids]))
+            await self.rollback(load, reader, env, pids)
             calls2, committed2 = self.crm_calls(), (await reader.status_counts())["committed"]
             sustained_from = time.monotonic()
             progress(f"phase 4/5: intake latency, open loop at {o.rate:g}/s for {o.seconds:g}s")
@@ -895,6 +909,37 @@ class Bench:
         f.failed = await reader.failures()
         await self.stop(servers)
         f.rate_limited["main"] = self.hubspot.rate_limited - limited0
+
+    async def rollback(self, load: Load, reader: LedgerReader, env: dict[str, str], pids: Sequence[int]) -> None:
+        """1,000 autonomous changes of one agent run, committed, then undone with the CLI:
+        the compensating changes' CRM calls, counted at the stand-in."""
+        f = self.figures
+        tag = f"rollback-{self.tag}"
+        progress(f"rollback: {ROLLBACK_CHANGES:,} changes of run bench-{tag}, then `python -m bot rollback run:bench-{tag} --yes`")
+        since = datetime.now(UTC)
+        await load.open_loop(tag, 250, ROLLBACK_CHANGES / 250, pids, mix="autonomous")
+        await self.drain(reader, since, 60)
+        calls0, started = self.crm_calls(), time.monotonic()
+        proc = await spawn(
+            sys.executable, "-m", "bot", "rollback", f"run:bench-{tag}", "--yes",
+            env=env, cwd=str(self.workdir),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 300)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise BenchError(f"`python -m bot rollback` failed ({proc.returncode}): {(out + err).decode().strip()[-500:]}")
+        f.rollback_seconds = time.monotonic() - started
+        f.rollback_breakdown = crm_breakdown(self.hubspot.calls[calls0:])
+        f.rollback_calls = self.crm_calls() - calls0
+        summary = out.decode().strip().splitlines()[-1]
+        f.rollback_reverted = int(summary.split(": ", 1)[1].split(" reverted", 1)[0])
+        progress(f"  rollback: {f.rollback_reverted:,} reverted with {f.rollback_calls} CRM calls in {f.rollback_seconds:.1f}s")
 
     def _alert_posts(self) -> int:
         from bot.sandbox import seed
@@ -1045,6 +1090,13 @@ class Bench:
                     + ", ".join(f"{kb[n] / 1024:.0f} after {name}" for name, kb in f.rss_steps)
                     for n, w in enumerate(f.rss_warm)
                 ),
+            ),
+            Row(
+                "rollback of 1,000 changes",
+                f"{f.rollback_calls} CRM calls",
+                "<= 25",
+                f"`python -m bot rollback run:... --yes` while the gate runs: {f.rollback_reverted:,} reverted in "
+                f"{f.rollback_seconds:.1f}s ({', '.join(f'{n} {k}' for k, n in f.rollback_breakdown.most_common())})",
             ),
             Row("total wall time", f"{f.wall:.0f} s", "< 180 s with the defaults", f"phases of {o.seconds:g}s"),
         ]

@@ -3,13 +3,15 @@
 Alerts are written in the same transaction as the event that raised them, so none is lost when
 the process dies. The dispatcher posts at most one message per `min_interval` (Slack allows
 about one message per second per channel): under a burst it sends one digest holding every
-waiting alert instead of dropping any.
+waiting alert instead of dropping any. With several replicas, `turn` (a bucket in the database,
+shared by them) spaces the posts of all of them, not just of one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -30,12 +32,16 @@ class AlertDispatcher:
         owner: str,
         min_interval: float = 1.1,
         lease: timedelta = timedelta(seconds=30),
+        turn: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self.ledger = ledger
         self.notifier = notifier
         self.owner = owner
         self.min_interval = min_interval
         self.lease = lease
+        # Takes the channel's next turn (returns 0), or says how many seconds until it is due;
+        # None: this process alone posts, one message per min_interval.
+        self.turn = turn
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -50,9 +56,16 @@ class AlertDispatcher:
             self._wake.clear()
             try:
                 while not stop.is_set():
+                    if self.turn is not None:
+                        if not await self.ledger.alerts_to_send():
+                            break
+                        # The turn lives in the database (other replicas take it too): poll it.
+                        while (wait := await self.turn()) > 0:  # noqa: ASYNC110
+                            await asyncio.sleep(wait)  # meanwhile, more alerts gather
                     if not await self.run_once():
                         break
-                    await asyncio.sleep(self.min_interval)
+                    if self.turn is None:
+                        await asyncio.sleep(self.min_interval)
             except Exception:
                 log.exception("alert dispatch failed; retrying")
                 await asyncio.sleep(self.min_interval)

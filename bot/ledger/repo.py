@@ -166,6 +166,15 @@ _TO_ROUTE = or_(
 )
 
 
+def _alert_claimable(now: datetime) -> Any:
+    """Alerts not sent yet, and free (not leased, or the lease ran out; a failed post's lease
+    runs until its retry is due)."""
+    return and_(
+        alerts.c.sent_at.is_(None),
+        or_(alerts.c.lease_expires.is_(None), alerts.c.lease_expires < now),
+    )
+
+
 def _commit_claimable(now: datetime) -> Any:
     """Changes the committer may lease: queued and free, or caught mid-commit by a crash."""
     return or_(
@@ -756,12 +765,13 @@ class Ledger:
             await conn.execute(callbacks.insert(), fresh)
 
     # --- alerts outbox -------------------------------------------------------------------------
+    async def alerts_to_send(self) -> bool:
+        """Whether `claim_alerts` would find work now (a lock-free look)."""
+        return await self._claimable(alerts, _alert_claimable(utcnow()))
+
     async def claim_alerts(self, owner: str, limit: int, lease: timedelta) -> list[dict[str, Any]]:
         now = utcnow()
-        claimable = and_(
-            alerts.c.sent_at.is_(None),
-            or_(alerts.c.lease_expires.is_(None), alerts.c.lease_expires < now),
-        )
+        claimable = _alert_claimable(now)
         order = (alerts.c.created_at, alerts.c.id)
         if not await self._claimable(alerts, claimable):
             return []
