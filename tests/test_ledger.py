@@ -16,9 +16,9 @@ from bot.ledger.tables import audit_events, changes
 async def test_migrations_are_applied_and_idempotent(ledger):
     from bot.ledger.db import upgrade
 
-    assert await current_revision(ledger.engine) == "0001"
+    assert await current_revision(ledger.engine) == "0002"
     await upgrade(ledger.engine)  # a second replica starting finds nothing to do
-    assert await current_revision(ledger.engine) == "0001"
+    assert await current_revision(ledger.engine) == "0002"
 
 
 async def test_agents_keys_are_hashed_and_revocable(ledger):
@@ -152,3 +152,27 @@ async def test_group_commit_keeps_each_request_its_own_answer(ledger):
         assert (await conn.exec_driver_sql("SELECT count(*) FROM proposals")).scalar_one() == 5
     checked, broken = await ledger.verify_audit()
     assert broken is None and checked == 6
+
+
+async def test_a_ledger_at_0001_upgrades_in_place_to_the_claim_order_index(database_url):
+    """Revision 0002 adds an index on a ledger that already holds work; nothing is lost."""
+    from sqlalchemy import inspect
+
+    from bot.ledger.db import make_engine, upgrade
+    from bot.ledger.repo import Ledger
+
+    engine = make_engine(database_url)
+    try:
+        await upgrade(engine, "0001")
+        ledger = Ledger(engine)
+        agent, _ = await ledger.create_agent("before-upgrade")
+        await _record(ledger, agent, "k-old")
+        await upgrade(engine)
+        assert await current_revision(engine) == "0002"
+        async with engine.connect() as conn:
+            indexes = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("changes")})
+        assert "ix_changes_queue" in indexes
+        claimed = await ledger.claim_changes("replica-1", 10, timedelta(seconds=30))
+        assert [c.field for c in claimed] == ["description"]  # the queued change survived
+    finally:
+        await engine.dispose()

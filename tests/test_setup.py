@@ -79,6 +79,6 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     import sqlite3
 
     env = clean_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'gate.db'}")
-    assert run("db", "upgrade", env=env).stdout.strip() == "database at revision 0001"
+    assert run("db", "upgrade", env=env).stdout.strip() == "database at revision 0002"
     mode = sqlite3.connect(tmp_path / "gate.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"

@@ -175,15 +175,22 @@ def _alert_claimable(now: datetime) -> Any:
     )
 
 
+def _interrupted(now: datetime) -> Any:
+    """Changes caught mid-commit by a crash: committing, and their lease ran out."""
+    return and_(changes.c.status == ChangeStatus.COMMITTING.value, changes.c.lease_expires < now)
+
+
+def _queued(now: datetime) -> Any:
+    """Queued changes that nobody holds (a deferral holds a change until its retry is due)."""
+    return and_(
+        changes.c.status == ChangeStatus.QUEUED.value,
+        or_(changes.c.lease_expires.is_(None), changes.c.lease_expires < now),
+    )
+
+
 def _commit_claimable(now: datetime) -> Any:
     """Changes the committer may lease: queued and free, or caught mid-commit by a crash."""
-    return or_(
-        and_(
-            changes.c.status == ChangeStatus.QUEUED.value,
-            or_(changes.c.lease_expires.is_(None), changes.c.lease_expires < now),
-        ),
-        and_(changes.c.status == ChangeStatus.COMMITTING.value, changes.c.lease_expires < now),
-    )
+    return or_(_queued(now), _interrupted(now))
 
 
 async def _lease(
@@ -574,10 +581,18 @@ class Ledger:
         if not await self._claimable(changes, claimable):
             return []
         async with begin(self.engine) as conn:
+            # Two leases, so each walks an index in order and stops at `limit`: one ORDER BY
+            # over both statuses would sort the whole queue on every claim, and a backlog (a
+            # CRM outage) would make every claim slower under the write lock.
             ids = await _lease(
-                conn, changes, claimable, owner=owner, limit=limit, lease=lease, now=now,
-                order_by=(changes.c.created_at, changes.c.seq), count_attempt=True,
+                conn, changes, _interrupted(now), owner=owner, limit=limit, lease=lease, now=now,
+                order_by=(changes.c.lease_expires,), count_attempt=True,
             )
+            if len(ids) < limit:
+                ids += await _lease(
+                    conn, changes, _queued(now), owner=owner, limit=limit - len(ids), lease=lease,
+                    now=now, order_by=(changes.c.created_at, changes.c.seq), count_attempt=True,
+                )
             if not ids:
                 return []
             rows = await conn.execute(

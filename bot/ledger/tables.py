@@ -179,6 +179,7 @@ changes = Table(
     # A committed write always has its before-image.
     CheckConstraint("status <> 'committed' OR before_captured", name="committed_has_before"),
     Index("ix_changes_status_lease", "status", "lease_expires"),
+    Index("ix_changes_queue", "status", "created_at", "seq"),  # the committer's claim order
     Index("ix_changes_reverts", "reverts_change_id"),
     Index("ix_changes_rollback", "rollback_id"),
 )
