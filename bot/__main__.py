@@ -216,15 +216,22 @@ async def _rollback(settings: Settings, args: argparse.Namespace) -> int:
     actor = f"cli:{getpass.getuser()}"
     try:
         rollbacks = Rollbacks(ledger, crm)
+        # Confirmed in advance (--yes, conflicts left alone): the CRM is read once, by the
+        # committer right before each write, instead of once more for a preview nobody reads.
+        check = not (args.yes and not args.include_conflicts and not args.dry_run)
         try:
-            plan = await rollbacks.preview(args.target, actor)
+            plan = await rollbacks.preview(args.target, actor, check=check)
         except TargetError as exc:
             raise CLIError(str(exc)) from None
         for item in plan.items:
             restore = "delete the activity" if item.kind == "activity" else f"restore {item.restore!r}"
-            print(f"{item.verdict:<9} {item.object_type} {item.record_id} {item.field}: now {item.now!r} -> {restore}")
-        reverts, conflicts = plan.count("revert"), plan.count("conflict")
-        print(f"{reverts} to revert, {conflicts} conflict(s), {plan.count('already')} already reverted, {plan.count('missing')} missing")
+            now = "" if item.verdict == "unchecked" else f"now {item.now!r} "
+            print(f"{item.verdict:<9} {item.object_type} {item.record_id} {item.field}: {now}-> {restore}")
+        reverts, conflicts = plan.count("revert") + plan.count("unchecked"), plan.count("conflict")
+        if check:
+            print(f"{reverts} to revert, {conflicts} conflict(s), {plan.count('already')} already reverted, {plan.count('missing')} missing")
+        else:
+            print(f"{reverts} to revert; each is checked against the CRM right before it is written, and left alone if a person changed it since")
         todo = reverts + (conflicts if args.include_conflicts else 0)
         if args.dry_run or not todo:
             await rollbacks.cancel(plan.id, actor)

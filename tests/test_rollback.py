@@ -369,6 +369,36 @@ async def test_cli_rollback_dry_run_then_yes(make_server, cli_env):
     assert code == 2 and "nothing to roll back" in err
 
 
+async def test_cli_rollback_with_yes_reads_each_record_once_and_still_leaves_conflicts_alone(make_server, cli_env):
+    server = await make_server(database_url=cli_env["DATABASE_URL"])
+    hubspot = server.crm_stand_in
+    ids = [f"{30000 + i}" for i in range(150)]
+    for record_id in ids:
+        hubspot.add_record("deals", {"dealname": f"Deal {record_id}", "description": "original"}, record_id=record_id)
+    bodies = await asyncio.gather(
+        *[server.propose({"object": "deals", "record_id": r, "changes": {"description": "agent"}, "run_id": "run-150"}) for r in ids]
+    )
+    for _, body in bodies:
+        await server.settled(body["id"], timeout=60)
+    hubspot.human_edit("deals", ids[0], "description", "a person's words")  # a conflict
+    hubspot.human_edit("deals", ids[1], "description", "original")  # reverted by hand already
+    reads = hubspot.count("/crm/v3/objects/deals/batch/read")
+    writes = hubspot.count("/crm/v3/objects/deals/batch/update")
+
+    code, out, err = await _cli(cli_env, "rollback", "run:run-150", "--yes")
+
+    assert code == 1, out + err  # a conflict remains
+    assert "150 to revert; each is checked against the CRM right before it is written" in out
+    assert "149 reverted, 1 conflict(s) left alone, 0 failed" in out
+    assert hubspot.value("deals", ids[0], "description") == "a person's words"
+    assert {hubspot.value("deals", r, "description") for r in ids[1:]} == {"original"}
+    # No preview read: the committer's read before writing is the only one (two batches of
+    # 100 at most, or three when the server's committer took a share).
+    read_calls = hubspot.count("/crm/v3/objects/deals/batch/read") - reads
+    write_calls = hubspot.count("/crm/v3/objects/deals/batch/update") - writes
+    assert read_calls <= 3 and write_calls <= 3, (read_calls, write_calls)
+
+
 async def test_cli_rollback_exit_code_says_conflicts_remain(make_server, cli_env):
     server = await make_server(database_url=cli_env["DATABASE_URL"])
     detail = await commit(server, "9002", "description", "agent")

@@ -179,7 +179,9 @@ class Committer:
                     moves.append(self._conflict(item, now_value, message))
                     alerts.append(self._alert("conflict", item, message))
                 continue
-            if item.has_observed and not same_value(item.observed, now_value):
+            if item.kind == ChangeKind.COMPENSATION and same_value(now_value, item.target):
+                moves.append(self._already(item, now_value))  # reverted meanwhile, by anyone
+            elif item.has_observed and not same_value(item.observed, now_value):
                 seen_by = "the gate wrote" if item.kind == ChangeKind.COMPENSATION else "the agent observed"
                 moves.append(
                     self._conflict(
@@ -197,22 +199,7 @@ class Committer:
                     )
                 )
             elif same_value(now_value, item.target):
-                # Already holds the value: record it as committed without a write.
-                moves.append(
-                    (
-                        item.id,
-                        ChangeStatus.QUEUED,
-                        ChangeStatus.COMMITTED,
-                        self._done_values(item, before=now_value, written=item.target),
-                        AuditEvent(
-                            "change.committed",
-                            "committer",
-                            item.proposal_id,
-                            item.id,
-                            {"noop": True, "before": now_value, "written": item.target},
-                        ),
-                    )
-                )
+                moves.append(self._already(item, now_value))
             else:
                 item.before = now_value
                 to_write.append(item)
@@ -409,6 +396,22 @@ class Committer:
             exc.message,
         )
         await self.ledger.release([i.id for i in items], self.owner, delay=timedelta(seconds=delay))
+
+    def _already(self, item: ChangeWork, now_value: Any) -> Move:
+        """The CRM already holds the value: committed without a write."""
+        return (
+            item.id,
+            ChangeStatus.QUEUED,
+            ChangeStatus.COMMITTED,
+            self._done_values(item, before=now_value, written=item.target),
+            AuditEvent(
+                "change.committed",
+                "committer",
+                item.proposal_id,
+                item.id,
+                {"noop": True, "before": now_value, "written": item.target},
+            ),
+        )
 
     def _done_values(
         self, item: ChangeWork, *, before: Any, written: Any, **extra: Any

@@ -1216,7 +1216,8 @@ class Ledger:
                     )
                 is_activity = original.kind == "activity"
                 target = {"delete_activity": original.activity_id} if is_activity else original.before
-                guarded = item["verdict"] == "revert" and not is_activity
+                # Guarded: written only while the CRM still holds what the gate wrote.
+                guarded = item["verdict"] in ("revert", "unchecked") and not is_activity
                 change_id = new_id("chg")
                 rows.append(
                     {
