@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -430,6 +431,17 @@ def sandbox_banner(settings: Settings) -> list[str]:
     return lines
 
 
+def _settle_heap() -> None:
+    """Move what start-up built (modules, models, clients, compiled SQL) out of the garbage
+    collector's sight: a full collection then scans only what the traffic allocates, and pauses
+    for a few milliseconds instead of about 80 (pauses every request in flight waits out).
+    Young collections run every 10,000 net allocations rather than 700: a request allocates
+    hundreds of short-lived objects, and most are gone before a collection would look at them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 async def serve(settings: Settings) -> None:
     from bot.web import build_web_app
 
@@ -446,6 +458,7 @@ async def serve(settings: Settings) -> None:
     await site.start()
     await start_slack(gate, f"http://127.0.0.1:{settings.port}")
     gate.start_jobs()
+    _settle_heap()
     for line in sandbox_banner(settings):
         log.warning(line)
     if settings.crm_sandbox:
