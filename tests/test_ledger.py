@@ -10,7 +10,7 @@ from sqlalchemy import update
 from bot.domain import ChangeStatus
 from bot.ledger.db import current_revision
 from bot.ledger.repo import AuditEvent, IdempotencyMismatch, new_id
-from bot.ledger.tables import audit_events, changes
+from bot.ledger.tables import audit_events, changes, proposals
 
 
 async def test_migrations_are_applied_and_idempotent(ledger):
@@ -174,5 +174,44 @@ async def test_a_ledger_at_0001_upgrades_in_place_to_the_claim_order_index(datab
         assert "ix_changes_queue" in indexes
         claimed = await ledger.claim_changes("replica-1", 10, timedelta(seconds=30))
         assert [c.field for c in claimed] == ["description"]  # the queued change survived
+    finally:
+        await engine.dispose()
+
+
+async def test_the_hot_queries_walk_an_index_rather_than_scan_the_ledger(sqlite_url):
+    """Intake's idempotency lookup and the committer's claims run under the write lock for every
+    batch: a scan would make them slower as the ledger grows (SQLite's query plans, read here)."""
+    from bot.ledger.db import make_engine, upgrade
+    from bot.ledger.repo import (
+        _UNSYNCED,
+        _interrupted,
+        _lease_query,
+        _queued,
+        _stored_answers,
+        utcnow,
+    )
+
+    engine = make_engine(sqlite_url)
+    await upgrade(engine)
+    now = utcnow()
+    queries = {
+        "idempotency lookup": _stored_answers(["agt_1"], ["k1", "k2"]),
+        "claim queued": _lease_query(changes, _queued(now), (changes.c.created_at, changes.c.seq), 100),
+        "claim interrupted": _lease_query(changes, _interrupted(now), (changes.c.lease_expires,), 100),
+    }
+    # A handful of rows at any time, looked for every second: the partial index holds only them
+    # (sorting that handful is fine).
+    partial = {"messages to sync": _lease_query(proposals, _UNSYNCED, (proposals.c.created_at,), 20)}
+    try:
+        for name, query in queries.items():
+            sql = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+            async with engine.connect() as conn:
+                plan = " | ".join(str(row[-1]) for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            assert "USING INDEX" in plan and "SCAN" not in plan and "TEMP B-TREE" not in plan, (name, plan)
+        for name, query in partial.items():
+            sql = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+            async with engine.connect() as conn:
+                plan = " | ".join(str(row[-1]) for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            assert "ix_proposals_unsynced" in plan, (name, plan)
     finally:
         await engine.dispose()

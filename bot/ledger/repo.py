@@ -155,6 +155,12 @@ def event_hash(prev_hash: str, at: datetime, row: AuditEvent) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+# Review messages that no longer show what the ledger holds (a partial index holds just those).
+_UNSYNCED = and_(
+    proposals.c.message_version > proposals.c.message_synced,
+    proposals.c.review_channel.is_not(None),
+)
+
 # Reviews to route: unrouted, or routed but never posted (a crash between the two).
 _TO_ROUTE = or_(
     proposals.c.review_state == "unrouted",
@@ -193,6 +199,18 @@ def _commit_claimable(now: datetime) -> Any:
     return or_(_queued(now), _interrupted(now))
 
 
+def _stored_answers(agent_ids: Sequence[str], keys: Sequence[str]) -> Any:
+    """The stored answers for idempotency keys. The primary key is (agent_id, key): naming the
+    agents lets the lookup use it instead of scanning every key ever stored."""
+    return select(idempotency_keys).where(
+        idempotency_keys.c.agent_id.in_(list(agent_ids)), idempotency_keys.c.key.in_(list(keys))
+    )
+
+
+def _lease_query(table: Any, condition: Any, order_by: Sequence[Any], limit: int) -> Any:
+    return select(table.c.id).where(condition).order_by(*order_by).limit(limit).with_for_update(skip_locked=True)
+
+
 async def _lease(
     conn: AsyncConnection,
     table: Any,
@@ -208,12 +226,7 @@ async def _lease(
     """Lease up to `limit` rows of `table` matching `condition` to `owner` and return the ids it
     now holds. FOR UPDATE SKIP LOCKED on PostgreSQL (SQLite's writers queue instead), and the
     condition is checked again in the UPDATE, so two replicas never hold the same row."""
-    ids = [
-        r[0]
-        for r in await conn.execute(
-            select(table.c.id).where(condition).order_by(*order_by).limit(limit).with_for_update(skip_locked=True)
-        )
-    ]
+    ids = [r[0] for r in await conn.execute(_lease_query(table, condition, order_by, limit))]
     if not ids:
         return []
     values: dict[str, Any] = {"lease_owner": owner, "lease_expires": now + lease}
@@ -462,8 +475,9 @@ class Ledger:
         async with begin(self.engine) as conn:
             existing: dict[tuple[str, str], Any] = {}
             keys = sorted({item.key for item in batch})
+            agent_ids = sorted({item.agent_id for item in batch})
             for i in range(0, len(keys), 500):
-                rows = await conn.execute(select(idempotency_keys).where(idempotency_keys.c.key.in_(keys[i : i + 500])))
+                rows = await conn.execute(_stored_answers(agent_ids, keys[i : i + 500]))
                 existing.update({(r.agent_id, r.key): r for r in rows})
             first: dict[tuple[str, str], _PendingProposal] = {}
             fresh: list[_PendingProposal] = []
@@ -1020,11 +1034,7 @@ class Ledger:
 
     async def claim_reviews_to_sync(self, owner: str, limit: int, lease: timedelta) -> list[str]:
         """Reviews whose message no longer shows what the ledger holds."""
-        condition = and_(
-            proposals.c.review_channel.is_not(None),
-            proposals.c.message_version > proposals.c.message_synced,
-        )
-        return await self.claim_proposals(owner, condition, limit, lease)
+        return await self.claim_proposals(owner, _UNSYNCED, limit, lease)
 
     async def reviews_to_expire(self, now: datetime, limit: int) -> list[str]:
         return await self._review_ids(

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -120,6 +121,14 @@ proposals = Table(
         "decision IS NULL OR decision IN ('approved', 'edited', 'rejected', 'expired')", name="decision"
     ),
     Index("ix_proposals_review", "review_state", "expires_at"),
+    # Review messages that no longer show what the ledger holds: a handful at any time, looked
+    # for every second.
+    Index(
+        "ix_proposals_unsynced",
+        "id",
+        sqlite_where=text("message_version > message_synced"),
+        postgresql_where=text("message_version > message_synced"),
+    ),
     Index("ix_proposals_reviewer", "reviewer_id", "review_state"),
     Index("ix_proposals_run", "run_id"),
     Index("ix_proposals_agent_created", "agent_id", "created_at"),
