@@ -403,6 +403,10 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--crm-window", type=float, default=10.0, help="the CRM rate window in seconds (default 10)")
     bench.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     bench.add_argument("--replicas", type=int, choices=[1, 2], default=1, help="gate processes on one database")
+    bench.add_argument(
+        "--soak", type=float, default=0.0, metavar="SECONDS",
+        help="also hold the commit rate steady this long (300 for the 5-minute soak) and report RSS growth over it",
+    )  # fmt: skip
     bench.set_defaults(func=cmd_bench)
     return p
 

@@ -45,7 +45,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -578,6 +578,7 @@ class Options:
     replicas: int = 1
     commit_rate: float = 100.0
     deals: int = 2000
+    soak: float = 0.0  # seconds of steady load at the commit rate; 0: no soak
 
 
 @dataclass
@@ -605,6 +606,7 @@ class Figures:
     slack_alert_posts: int = 0
     reviews: int = 0
     reviews_posted: int = 0
+    soak_rss: list[tuple[float, list[int]]] = field(default_factory=list)  # (seconds in, kB each)
     rollback_calls: int = 0
     rollback_reverted: int = 0
     rollback_seconds: float = 0.0
@@ -882,6 +884,8 @@ class Bench:
 
             f.rss_steps.append((f"{o.commit_rate:g}/s", [proc_status(p)["VmRSS"] for p in pids]))
             await self.rollback(load, reader, env, pids)
+            if o.soak > 0:
+                await self.soak(load, reader, pids)
             calls2, committed2 = self.crm_calls(), (await reader.status_counts())["committed"]
             sustained_from = time.monotonic()
             progress(f"phase 4/5: intake latency, open loop at {o.rate:g}/s for {o.seconds:g}s")
@@ -909,6 +913,22 @@ class Bench:
         f.failed = await reader.failures()
         await self.stop(servers)
         f.rate_limited["main"] = self.hubspot.rate_limited - limited0
+
+    async def soak(self, load: Load, reader: LedgerReader, pids: Sequence[int]) -> None:
+        """Steady load at the commit rate (what the CRM budget sustains, so no backlog builds)
+        for --soak seconds, RSS read every step: growth over it is what time, not load, adds."""
+        o, f = self.o, self.figures
+        step = min(30.0, o.soak)
+        progress(f"soak: {o.commit_rate:g}/s for {o.soak:g}s, RSS every {step:g}s")
+        f.soak_rss.append((0.0, [proc_status(p)["VmRSS"] for p in pids]))
+        done = 0.0
+        while done < o.soak:
+            seconds = min(step, o.soak - done)
+            await load.open_loop(f"soak-{self.tag}-{int(done)}", o.commit_rate, seconds, pids)
+            done += seconds
+            f.soak_rss.append((done, [proc_status(p)["VmRSS"] for p in pids]))
+            progress(f"  soak {done:g}s: RSS {', '.join(f'{kb / 1024:.0f} MB' for kb in f.soak_rss[-1][1])}")
+        await self.drain(reader, datetime.now(UTC) - timedelta(seconds=step), 30)
 
     async def rollback(self, load: Load, reader: LedgerReader, env: dict[str, str], pids: Sequence[int]) -> None:
         """1,000 autonomous changes of one agent run, committed, then undone with the CLI:
@@ -1090,6 +1110,26 @@ class Bench:
                     + ", ".join(f"{kb[n] / 1024:.0f} after {name}" for name, kb in f.rss_steps)
                     for n, w in enumerate(f.rss_warm)
                 ),
+            ),
+            *(
+                [
+                    Row(
+                        "RSS growth over the soak",
+                        ", ".join(
+                            f"{ratio(end - start, start) * 100:+.1f} %"
+                            for start, end in zip(f.soak_rss[0][1], f.soak_rss[-1][1], strict=True)
+                        ),
+                        "< 10 % over 5 minutes",
+                        f"{o.commit_rate:g}/s for {o.soak:g}s after the commit phase: "
+                        + "; ".join(
+                            " -> ".join(f"{kb[n] / 1024:.0f}" for _, kb in f.soak_rss) + " MB"
+                            for n in range(len(f.soak_rss[0][1]))
+                        )
+                        + f" (every {min(30.0, o.soak):g}s)",
+                    )
+                ]
+                if f.soak_rss
+                else []
             ),
             Row(
                 "rollback of 1,000 changes",

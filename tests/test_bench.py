@@ -38,7 +38,7 @@ def table_rows(out: str) -> dict[str, list[str]]:
 
 def test_the_bench_runs_to_the_end_and_prints_every_figure() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bot", "bench", "--seconds", "2", "--rate", "50", "--agents", "4"],
+        [sys.executable, "-m", "bot", "bench", "--seconds", "2", "--rate", "50", "--agents", "4", "--soak", "2"],
         cwd=str(ROOT),
         capture_output=True,
         text=True,
@@ -70,6 +70,10 @@ def test_the_bench_runs_to_the_end_and_prints_every_figure() -> None:
     assert number("peak RSS per server process") > 10  # MB of a real Python process
     assert rows["intake latency p99"][1] == "< 50 ms"  # the targets are printed next to the figures
     assert rows["CRM calls per committed change, batched"][1] == "<= 0.05"
+    # --soak adds its row: RSS at the start and the end of the steady load
+    assert re.fullmatch(r"[+-]\d+\.\d %", rows["RSS growth over the soak"][0]), rows["RSS growth over the soak"]
+    assert re.search(r"\d+ -> \d+ MB", rows["RSS growth over the soak"][2])
+    assert number("rollback of 1,000 changes") <= 25  # 10 reads and 10 writes of 100
 
 
 def test_percentile_interpolates_between_ranks() -> None:
