@@ -167,6 +167,27 @@ async def test_a_burst_of_rejections_raises_exactly_one_drift_alert(make_server)
     assert (stage["decided"], stage["rejection_rate"], stage["approval_rate"]) == (6, 1.0, 0.0)
 
 
+async def test_live_precision_counts_approved_edited_and_rejected_apart(make_server):
+    server = await make_server()
+    outcomes = []
+    for stage, action in (
+        ("contractsent", "approve"), ("presentationscheduled", "approve"),
+        ("closedwon", "edit"), ("closedlost", "reject"),
+    ):  # fmt: skip
+        body = await propose_stage(server, "9001", stage)  # Ava's deal
+        await review_dm(server, AVA, body["id"])
+        change = body["changes"][0]["id"]
+        edits = {change: "decisionmakerboughtin"} if action == "edit" else None
+        decision = await server.gate.reviews.decide(body["id"], AVA, action, edits=edits)
+        outcomes.append(decision.outcome)
+    assert outcomes == ["decided"] * 4
+    async with server.http.get(f"{server.url}/v1/shadow/report?since=1d", headers=server.headers()) as resp:
+        live = (await resp.json())["live"]
+    stage = next(r for r in live if r["field"] == "dealstage")
+    assert stage["decided"] == 4
+    assert (stage["approval_rate"], stage["edit_rate"], stage["rejection_rate"]) == (0.5, 0.25, 0.25)
+
+
 async def test_live_rollback_rate(server):
     for record_id in ("9001", "9002"):
         status, body = await server.propose({"object": "deals", "record_id": record_id, "changes": {"description": "live"}})

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Text, and_, bindparam, case, cast, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -1399,20 +1399,31 @@ class Ledger:
             .where(reverter.c.reverts_change_id == changes.c.id, reverter.c.status == "committed")
             .exists()
         )
-        query = select(
+        # Counted by the database, grouped: a day of traffic is millions of rows, and fetching
+        # them (JSON decoded) into the event loop every minute would stall every request.
+        edited = or_(
+            changes.c.approved.is_(None),
+            cast(changes.c.approved, Text) != cast(changes.c.proposed, Text),
+        )
+        keys = (
             proposals.c.object_type,
             changes.c.field,
             changes.c.tier,
             changes.c.status,
-            changes.c.proposed,
-            changes.c.approved,
-            changes.c.decided_at,
-            rolled_back.label("rolled_back"),
-        ).join(proposals, proposals.c.id == changes.c.proposal_id).where(
-            changes.c.kind.in_(["field", "activity"]),
-            changes.c.mode == "live",
-            changes.c.tier.in_(["reviewed", "autonomous"]),
-            or_(changes.c.decided_at >= since, and_(changes.c.tier == "autonomous", changes.c.committed_at >= since)),
+            changes.c.decided_at.is_not(None).label("decided"),
+            case((edited, 1), else_=0).label("edited"),
+            case((rolled_back, 1), else_=0).label("rolled_back"),
+        )
+        query = (
+            select(*keys, func.count().label("n"))
+            .join(proposals, proposals.c.id == changes.c.proposal_id)
+            .where(
+                changes.c.kind.in_(["field", "activity"]),
+                changes.c.mode == "live",
+                changes.c.tier.in_(["reviewed", "autonomous"]),
+                or_(changes.c.decided_at >= since, and_(changes.c.tier == "autonomous", changes.c.committed_at >= since)),
+            )
+            .group_by(*keys)
         )
         counts: dict[tuple[str, str, str], dict[str, int]] = {}
         async with self.reader.connect() as conn:
@@ -1421,22 +1432,24 @@ class Ledger:
                     (r.object_type, r.field, r.tier),
                     {"decided": 0, "approved": 0, "edited": 0, "rejected": 0, "expired": 0, "committed": 0, "rolled_back": 0},
                 )
+                n = int(r.n)
                 if r.tier == "reviewed":
                     if r.status == "expired":
-                        c["expired"] += 1
+                        c["expired"] += n
                         continue
-                    if r.decided_at is None:
+                    if not r.decided:
                         continue
-                    c["decided"] += 1
+                    c["decided"] += n
                     if r.status == "rejected":
-                        c["rejected"] += 1
-                    elif r.approved != r.proposed:
-                        c["edited"] += 1
+                        c["rejected"] += n
+                    elif r.edited:
+                        c["edited"] += n
                     else:
-                        c["approved"] += 1
+                        c["approved"] += n
                 if r.status == "committed":
-                    c["committed"] += 1
-                    c["rolled_back"] += int(bool(r.rolled_back))
+                    c["committed"] += n
+                    if r.rolled_back:
+                        c["rolled_back"] += n
         return counts
 
     async def records_changed(self, since: datetime) -> dict[str, int]:
