@@ -160,20 +160,7 @@ class Rollbacks:
                     verdict = "already"
                 else:
                     verdict = "conflict"
-            items.append(
-                RollbackItem(
-                    change_id=row["id"],
-                    proposal_id=row["proposal_id"],
-                    object_type=row["object_type"],
-                    record_id=row["record_id"],
-                    field=row["field"],
-                    kind=row["kind"],
-                    written=row["written"],
-                    restore=None if row["kind"] == ChangeKind.ACTIVITY.value else row["before"],
-                    now=now,
-                    verdict=verdict,
-                )
-            )
+            items.append(_item(row, now=now, verdict=verdict))
         return items
 
     async def confirm(self, rollback_id: str, actor: str, *, include_conflicts: bool = False) -> int:
@@ -280,8 +267,7 @@ class Rollbacks:
         return finished
 
 
-def _unchecked(row: dict[str, Any]) -> RollbackItem:
-    activity = row["kind"] == ChangeKind.ACTIVITY.value
+def _item(row: dict[str, Any], *, now: Any, verdict: str) -> RollbackItem:
     return RollbackItem(
         change_id=row["id"],
         proposal_id=row["proposal_id"],
@@ -290,10 +276,17 @@ def _unchecked(row: dict[str, Any]) -> RollbackItem:
         field=row["field"],
         kind=row["kind"],
         written=row["written"],
-        restore=None if activity else row["before"],
-        now=row["activity_id"] if activity else None,
-        verdict="revert" if activity else "unchecked",
+        restore=None if row["kind"] == ChangeKind.ACTIVITY.value else row["before"],
+        now=now,
+        verdict=verdict,
     )
+
+
+def _unchecked(row: dict[str, Any]) -> RollbackItem:
+    """An item planned without reading the CRM: activities are deleted, fields checked later."""
+    if row["kind"] == ChangeKind.ACTIVITY.value:
+        return _item(row, now=row["activity_id"], verdict="revert")
+    return _item(row, now=None, verdict="unchecked")
 
 
 def _who(actor: str) -> str:
