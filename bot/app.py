@@ -37,6 +37,7 @@ from bot.engine.review import Reviews
 from bot.engine.rollback import Rollbacks
 from bot.engine.schema import Finding, SchemaCache, SchemaWatch
 from bot.engine.shadow import Shadow
+from bot.ledger.budget import SqlBudgetStore
 from bot.ledger.db import make_engine, upgrade
 from bot.ledger.repo import Ledger
 from bot.metrics import InstrumentedCRM, Metrics
@@ -192,8 +193,6 @@ class SlackSetup:
 
 def govern(crm: CRM, engine: Any, settings: Settings, metrics: Metrics) -> GovernedCRM:
     """Every CRM call spends from one budget shared by all replicas (through the database)."""
-    from bot.ledger.budget import SqlBudgetStore
-
     defaults = {"salesforce": 200}  # HubSpot private apps: 100 per 10 s at the lowest tier
     return GovernedCRM(
         crm,
@@ -266,9 +265,10 @@ async def build_gate(settings: Settings, *, policy: Policy | None = None, migrat
         interval=settings.job_interval,
     )
     alerts_every = 1.1  # seconds: Slack allows about one message per second per channel
+    turns = SqlBudgetStore(engine)  # the channel's turns are shared by replicas like the CRM budget
 
     async def alert_turn() -> float:
-        return await crm.store.take(
+        return await turns.take(
             f"slack-alerts:{slack.alerts_channel}",
             rate=1 / alerts_every,
             capacity=1.0,
