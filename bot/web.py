@@ -6,6 +6,7 @@ an agent can cause is a 4xx with a JSON body naming the problem.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -56,11 +57,16 @@ async def json_errors(
 
 
 class AgentAuth:
-    """Bearer agent keys, cached briefly so intake does not hit the database for each request."""
+    """Bearer agent keys, cached briefly so intake does not hit the database for each request.
+
+    When a key's entry runs out, the requests in flight with that key wait for one lookup
+    rather than each making its own: an agent with hundreds of requests in flight would
+    otherwise take every pooled connection at once, every few seconds."""
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
         self._cache: dict[str, tuple[float, Agent | None]] = {}
+        self._lookups: dict[str, asyncio.Future[Agent | None]] = {}
 
     async def __call__(self, request: web.Request) -> Agent | None:
         header = request.headers.get("Authorization", "")
@@ -68,14 +74,27 @@ class AgentAuth:
         if scheme.lower() != "bearer" or not key.strip():
             return None
         key = key.strip()
-        now = time.monotonic()
         hit = self._cache.get(key)
-        if hit and now - hit[0] < AGENT_CACHE_SECONDS:
+        if hit and time.monotonic() - hit[0] < AGENT_CACHE_SECONDS:
             return hit[1]
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(key))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda done: self._finished(key, done))
+        # Shielded: a client that hangs up does not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+
+    def _finished(self, key: str, lookup: asyncio.Future[Agent | None]) -> None:
+        self._lookups.pop(key, None)
+        if not lookup.cancelled():
+            lookup.exception()  # the waiters have it; retrieved here when every one hung up
+
+    async def _lookup(self, key: str) -> Agent | None:
         agent = await self.gate.ledger.agent_by_key(key)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (now, agent)
+        self._cache[key] = (time.monotonic(), agent)
         return agent
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from bot.domain import ChangeStatus
 from bot.ledger.db import current_revision
-from bot.ledger.repo import AuditEvent, IdempotencyMismatch, new_id
+from bot.ledger.repo import AuditEvent, IdempotencyMismatch, new_id, utcnow
 from bot.ledger.tables import audit_events, changes, proposals
 
 
@@ -215,3 +215,121 @@ async def test_the_hot_queries_walk_an_index_rather_than_scan_the_ledger(sqlite_
             assert "ix_proposals_unsynced" in plan, (name, plan)
     finally:
         await engine.dispose()
+
+
+async def test_prepared_rows_read_back_as_rows_inserted_by_sqlalchemy(ledger):
+    """Intake's rows are converted for the driver before the write lock; what is stored must be
+    exactly what `table.insert()` stores: defaults, JSON, SQL NULL for what a row leaves out."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from bot.ledger.prepared import PreparedInsert
+
+    agent, _ = await ledger.create_agent("a")
+    at = datetime(2026, 11, 30, 9, 15, 1, 123456, tzinfo=UTC)
+    proposal, _ = _proposal(agent.id)
+    proposal.update(evidence=[{"url": "https://example.com/ü", "n": 1.5}], created_at=at)
+    twin = {**proposal, "id": new_id("prp")}
+    change = {
+        "id": new_id("chg"),
+        "proposal_id": proposal["id"],
+        "seq": 0,
+        "kind": "field",
+        "field": "amount",
+        "tier": "reviewed",
+        "mode": "live",
+        "status": "pending_review",
+        "reason": None,
+        "proposed": {"nested": [1, None, "é"]},
+        "has_observed": True,
+        "observed": None,
+        "created_at": at,
+        "updated_at": at,
+    }
+    change_twin = {**change, "id": new_id("chg"), "proposal_id": twin["id"]}
+    prepared = {t.name: PreparedInsert(t, ledger.engine.dialect) for t in (proposals, changes)}
+    async with ledger.engine.begin() as conn:
+        await prepared["proposals"].run(conn, [prepared["proposals"].encode(proposal)])
+        await prepared["changes"].run(conn, [prepared["changes"].encode(change)])
+        await conn.execute(proposals.insert(), [twin])
+        await conn.execute(changes.insert(), [change_twin])
+    async with ledger.engine.connect() as conn:
+        stored = {r.id: dict(r._mapping) for r in await conn.execute(select(proposals))}
+        stored_changes = {r.id: dict(r._mapping) for r in await conn.execute(select(changes))}
+        left_out = (
+            (
+                await conn.execute(
+                    select(changes.c.id).where(
+                        changes.c.before.is_(None), changes.c.observed.is_not(None)
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    mine, theirs = stored[proposal["id"]], stored[twin["id"]]
+    assert {**mine, "id": None} == {**theirs, "id": None}
+    assert (
+        mine["review_state"] == "none" and mine["message_version"] == 0 and mine["created_at"] == at
+    )
+    mine, theirs = stored_changes[change["id"]], stored_changes[change_twin["id"]]
+    assert {**mine, "id": None, "proposal_id": None} == {**theirs, "id": None, "proposal_id": None}
+    assert mine["proposed"] == {"nested": [1, None, "é"]} and mine["has_shown"] is False
+    # `observed` was given as None (JSON null); `before` was left out (SQL NULL), as with insert().
+    assert sorted(left_out) == sorted([change["id"], change_twin["id"]])
+    with pytest.raises(KeyError, match="no column"):
+        prepared["changes"].encode({**change, "colour": "red"})
+
+
+async def test_a_prepared_insert_that_breaks_a_constraint_raises_sqlalchemys_error(ledger):
+    from sqlalchemy.exc import IntegrityError
+
+    from bot.ledger.prepared import PreparedInsert
+
+    agent, _ = await ledger.create_agent("a")
+    proposal, _ = _proposal(agent.id)
+    insert = PreparedInsert(proposals, ledger.engine.dialect)
+    row = insert.encode({**proposal, "created_at": utcnow()})
+    async with ledger.engine.begin() as conn:
+        await insert.run(conn, [row])
+    with pytest.raises(IntegrityError):
+        async with ledger.engine.begin() as conn:
+            await insert.run(conn, [row])
+    async with ledger.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM proposals")).scalar_one() == 1
+
+
+async def test_a_prepared_audit_event_hashes_as_the_chain_defines(ledger):
+    """The group commit builds each event's canonical JSON piecewise; the hash must be the one
+    `event_hash` (which `verify_audit` uses) gives for the same event."""
+    from datetime import UTC, datetime
+
+    from bot.ledger.repo import GENESIS, _ts, canonical_json, event_hash
+
+    events = [
+        AuditEvent(
+            "proposal.received", "agent:enricher", "prp_1", None, {"changes": 2, "run_id": None}
+        ),
+        AuditEvent(
+            "change.classified",
+            "policy",
+            "prp_1",
+            "chg_1",
+            {"field": "x", "z": {"b": 1, "a": [1.5, "ü"]}},
+        ),
+        AuditEvent("agent.created", "cli", data={}),
+        AuditEvent(
+            'say "hi"',
+            "actor\nwith a newline",
+            "p",
+            "c",
+            {"emoji": "🙂", "big": 10**20, "neg": -0.0},
+        ),
+    ]
+    at = datetime(2026, 12, 1, 4, 0, 0, 1, tzinfo=UTC)
+    prev = GENESIS
+    for event in events:
+        digest = ledger.prepare_event(event).digest(prev, canonical_json(_ts(at)))
+        assert digest == event_hash(prev, at, event)
+        prev = digest

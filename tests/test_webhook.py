@@ -413,6 +413,46 @@ async def test_revoked_key_is_refused(server):
         assert resp.status == 401
 
 
+async def test_requests_in_flight_with_a_new_key_share_one_lookup(server):
+    """An agent with many requests in flight when its key's cache entry is missing or stale
+    costs one database lookup, not one per request (which would take every pooled connection)."""
+    from sqlalchemy import event
+
+    _, key = await server.gate.ledger.create_agent("bursty")
+    lookups = []
+
+    def count(conn, cursor, statement, *args):
+        if "FROM agents" in statement:
+            lookups.append(statement)
+
+    sync_engine = server.gate.ledger.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", count)
+    try:
+        results = await asyncio.gather(
+            *[
+                _post_with(
+                    server,
+                    key,
+                    {"object": "deals", "record_id": "9003", "changes": {"description": f"b{i}"}},
+                )
+                for i in range(40)
+            ]
+        )
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", count)
+    assert [status for status, _ in results] == [202] * 40
+    assert len(lookups) == 1
+
+
+async def _post_with(server, agent_key: str, body: dict) -> tuple[int, dict]:
+    async with server.http.post(
+        f"{server.url}/v1/proposals",
+        json=body,
+        headers=server.headers(str(uuid.uuid4()), key=agent_key),
+    ) as resp:
+        return resp.status, await resp.json()
+
+
 async def test_unknown_proposal_and_route_are_json_404(server):
     async with server.http.get(f"{server.url}/v1/proposals/prp_nope", headers=server.headers()) as resp:
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"

@@ -23,7 +23,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain import ChangeStatus
+from bot.ledger import prepared
 from bot.ledger.db import begin
+from bot.ledger.prepared import PreparedInsert
 from bot.ledger.tables import (
     agents,
     alerts,
@@ -38,6 +40,7 @@ from bot.ledger.tables import (
 )
 
 GENESIS = "0" * 64
+_CHAIN_END = "SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1"  # the hash a new event follows
 INTAKE_BATCH = 200
 OPEN_REVIEW_STATES = ("pending", "unroutable")  # a reviewer can decide these  # proposals stored in one transaction at most
 CALLBACK_OUTCOMES = frozenset({"committed", "conflict", "failed", "rejected", "expired"})
@@ -86,15 +89,35 @@ class StoredResponse:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """An audit event encoded before the transaction that chains it (see `prepared.py`): its
+    row for the driver with `at`, `prev_hash` and `hash` still open, and the canonical JSON that
+    `event_hash` would build, around the two values only the chain's end knows."""
+
+    head: str  # {"actor":...,"at":
+    middle: str  # ,"change_id":...,"data":...,"kind":...,"prev":
+    tail: str  # ,"proposal_id":...}
+    values: tuple[Any, ...]
+
+    def digest(self, prev_hash: str, at_json: str) -> str:
+        body = f'{self.head}{at_json}{self.middle}"{prev_hash}"{self.tail}'
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
 @dataclass
 class _PendingProposal:
+    """A proposal waiting for the group commit, its rows already encoded for the driver."""
+
     agent_id: str
     key: str
     request_hash: str
-    proposal: dict[str, Any]
-    change_rows: list[dict[str, Any]]
-    events: list[AuditEvent]
-    alert_rows: list[dict[str, Any]]
+    proposal_id: str
+    proposal_row: tuple[Any, ...]
+    change_rows: list[tuple[Any, ...]]
+    idempotency_row: tuple[Any, ...]
+    alert_rows: list[tuple[Any, ...]]
+    events: list[PreparedEvent]
     status: int
     body: dict[str, Any]
     future: asyncio.Future[StoredResponse]
@@ -141,6 +164,8 @@ def _ts(value: datetime) -> str:
 
 
 def event_hash(prev_hash: str, at: datetime, row: AuditEvent) -> str:
+    """The chain's definition: SHA-256 of the canonical JSON of the event with the hash before it.
+    `Ledger.prepare_event` builds the same text piecewise (a test holds the two equal)."""
     body = canonical_json(
         {
             "prev": prev_hash,
@@ -255,6 +280,13 @@ class Ledger:
         # Reads need no transaction: on SQLite they then never wait for the write lock.
         self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.dialect = engine.dialect.name
+        self._insert = {
+            table.name: PreparedInsert(table, engine.dialect)
+            for table in (proposals, changes, idempotency_keys, alerts, audit_events)
+        }
+        audit_insert = self._insert[audit_events.name]
+        self._audit_at = audit_insert.processor("at")
+        self._audit_slots = tuple(audit_insert.position(k) for k in ("at", "prev_hash", "hash"))
 
     async def close(self) -> None:
         if self._writer is not None and not self._writer.done():
@@ -268,7 +300,31 @@ class Ledger:
             return (await conn.execute(select(table.c.id).where(condition).limit(1))).first() is not None
 
     # --- audit ---------------------------------------------------------------------------------
-    async def _append_audit(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> None:
+    def prepare_event(self, event: AuditEvent) -> PreparedEvent:
+        """Everything of an audit event that does not depend on where it lands in the chain."""
+        return PreparedEvent(
+            head='{"actor":' + canonical_json(event.actor) + ',"at":',
+            middle=(
+                ',"change_id":' + canonical_json(event.change_id)
+                + ',"data":' + canonical_json(event.data)
+                + ',"kind":' + canonical_json(event.kind)
+                + ',"prev":'
+            ),
+            tail=',"proposal_id":' + canonical_json(event.proposal_id) + "}",
+            values=self._insert[audit_events.name].encode(
+                {
+                    "actor": event.actor,
+                    "kind": event.kind,
+                    "proposal_id": event.proposal_id,
+                    "change_id": event.change_id,
+                    "data": event.data,
+                }
+            ),
+        )  # fmt: skip
+
+    async def _append_audit(
+        self, conn: AsyncConnection, events: Sequence[AuditEvent | PreparedEvent]
+    ) -> None:
         """Chain `events` onto the trail. Always the last write of its transaction (a test checks
         it): on PostgreSQL the chain's lock is then never held while waiting for a row lock, so
         no two transactions can deadlock through it."""
@@ -277,28 +333,19 @@ class Ledger:
         if self.dialect == "postgresql":
             # The chain needs one writer at a time; held only until this transaction commits.
             await conn.execute(text("SELECT pg_advisory_xact_lock(7202)"))
-        prev = await conn.scalar(
-            select(audit_events.c.hash).order_by(audit_events.c.id.desc()).limit(1)
-        )
-        prev = prev or GENESIS
+        prev = await prepared.scalar(conn, _CHAIN_END) or GENESIS
         now = utcnow()
+        at, at_json = self._audit_at(now), canonical_json(_ts(now))
+        at_slot, prev_slot, hash_slot = self._audit_slots
         rows = []
         for event in events:
-            digest = event_hash(prev, now, event)
-            rows.append(
-                {
-                    "at": now,
-                    "actor": event.actor,
-                    "kind": event.kind,
-                    "proposal_id": event.proposal_id,
-                    "change_id": event.change_id,
-                    "data": event.data,
-                    "prev_hash": prev,
-                    "hash": digest,
-                }
-            )
+            ready = event if isinstance(event, PreparedEvent) else self.prepare_event(event)
+            digest = ready.digest(prev, at_json)
+            row = list(ready.values)
+            row[at_slot], row[prev_slot], row[hash_slot] = at, prev, digest
+            rows.append(tuple(row))
             prev = digest
-        await conn.execute(audit_events.insert(), rows)
+        await self._insert[audit_events.name].run(conn, rows)
 
     async def audit(self, *events: AuditEvent) -> None:
         async with begin(self.engine) as conn:
@@ -433,10 +480,39 @@ class Ledger:
         or return the answer stored earlier under the same key.
 
         Proposals that arrive while a write is under way are stored together in the next
-        transaction (group commit): one lock, one commit and one audit append for many."""
+        transaction (group commit): one lock, one commit and one audit append for many. The rows
+        are encoded for the driver here, before the write lock (see `prepared.py`)."""
+        now = utcnow()
+        insert = self._insert
         pending = _PendingProposal(
-            agent_id, key, request_hash, proposal, change_rows, events, alert_rows, status, body,
-            asyncio.get_running_loop().create_future(),
+            agent_id=agent_id,
+            key=key,
+            request_hash=request_hash,
+            proposal_id=proposal["id"],
+            proposal_row=insert[proposals.name].encode({**proposal, "created_at": now}),
+            change_rows=[
+                insert[changes.name].encode({**row, "created_at": now, "updated_at": now})
+                for row in change_rows
+            ],
+            idempotency_row=insert[idempotency_keys.name].encode(
+                {
+                    "agent_id": agent_id,
+                    "key": key,
+                    "request_hash": request_hash,
+                    "proposal_id": proposal["id"],
+                    "response_status": status,
+                    "response_body": body,
+                    "created_at": now,
+                }
+            ),
+            alert_rows=[
+                insert[alerts.name].encode({**row, "created_at": now, "attempts": 0})
+                for row in alert_rows
+            ],
+            events=[self.prepare_event(event) for event in events],
+            status=status,
+            body=body,
+            future=asyncio.get_running_loop().create_future(),
         )
         self._intake.append(pending)
         if self._writer is None or self._writer.done():
@@ -470,15 +546,14 @@ class Ledger:
             item.future.set_result(result)
 
     async def _record_batch(self, batch: list[_PendingProposal]) -> None:
-        now = utcnow()
         outcomes: list[StoredResponse | Exception] = []
+        keys = sorted({item.key for item in batch})
+        agent_ids = sorted({item.agent_id for item in batch})
         async with begin(self.engine) as conn:
-            existing: dict[tuple[str, str], Any] = {}
-            keys = sorted({item.key for item in batch})
-            agent_ids = sorted({item.agent_id for item in batch})
+            existing: dict[tuple[str, str], dict[str, Any]] = {}
             for i in range(0, len(keys), 500):
-                rows = await conn.execute(_stored_answers(agent_ids, keys[i : i + 500]))
-                existing.update({(r.agent_id, r.key): r for r in rows})
+                rows = await prepared.fetch_all(conn, _stored_answers(agent_ids, keys[i : i + 500]))
+                existing.update({(r["agent_id"], r["key"]): r for r in rows})
             first: dict[tuple[str, str], _PendingProposal] = {}
             fresh: list[_PendingProposal] = []
             for item in batch:
@@ -487,8 +562,8 @@ class Ledger:
                     row = existing[ident]
                     outcomes.append(
                         IdempotencyMismatch(item.key)
-                        if row.request_hash != item.request_hash
-                        else StoredResponse(row.response_status, row.response_body, replayed=True)
+                        if row["request_hash"] != item.request_hash
+                        else StoredResponse(row["response_status"], row["response_body"], replayed=True)
                     )
                 elif ident in first:
                     earlier = first[ident]
@@ -503,7 +578,7 @@ class Ledger:
                     outcomes.append(StoredResponse(item.status, item.body, replayed=False))
             if fresh:
                 # In key order, so two replicas' batches never wait on each other in a cycle.
-                await self._insert_proposals(conn, sorted(fresh, key=lambda i: (i.agent_id, i.key)), now)
+                await self._insert_proposals(conn, sorted(fresh, key=lambda i: (i.agent_id, i.key)))
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future.done():
                 continue
@@ -512,30 +587,12 @@ class Ledger:
             else:
                 item.future.set_result(outcome)
 
-    async def _insert_proposals(self, conn: AsyncConnection, items: list[_PendingProposal], now: datetime) -> None:
-        await conn.execute(proposals.insert(), [{**i.proposal, "created_at": now} for i in items])
-        await conn.execute(
-            changes.insert(),
-            [{**row, "created_at": now, "updated_at": now} for i in items for row in i.change_rows],
-        )
-        await conn.execute(
-            idempotency_keys.insert(),
-            [
-                {
-                    "agent_id": i.agent_id,
-                    "key": i.key,
-                    "request_hash": i.request_hash,
-                    "proposal_id": i.proposal["id"],
-                    "response_status": i.status,
-                    "response_body": i.body,
-                    "created_at": now,
-                }
-                for i in items
-            ],
-        )
-        alert_rows = [{**row, "created_at": now, "attempts": 0} for i in items for row in i.alert_rows]
-        if alert_rows:
-            await conn.execute(alerts.insert(), alert_rows)
+    async def _insert_proposals(self, conn: AsyncConnection, items: list[_PendingProposal]) -> None:
+        insert = self._insert
+        await insert[proposals.name].run(conn, [i.proposal_row for i in items])
+        await insert[changes.name].run(conn, [row for i in items for row in i.change_rows])
+        await insert[idempotency_keys.name].run(conn, [i.idempotency_row for i in items])
+        await insert[alerts.name].run(conn, [row for i in items for row in i.alert_rows])
         await self._append_audit(conn, [event for i in items for event in i.events])
 
     async def _record_one(self, item: _PendingProposal) -> StoredResponse:
@@ -544,7 +601,7 @@ class Ledger:
                 stored = await self._stored_response(conn, item.agent_id, item.key, item.request_hash)
                 if stored is not None:
                     return stored
-                await self._insert_proposals(conn, [item], utcnow())
+                await self._insert_proposals(conn, [item])
         except IntegrityError:
             # A concurrent request with the same key won the race: answer what it stored.
             async with self.reader.connect() as conn:

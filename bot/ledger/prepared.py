@@ -1,0 +1,153 @@
+"""INSERTs whose rows are converted for the database driver before the write transaction opens,
+and statements sent to the driver in one step.
+
+On SQLite every write of the process queues for one lock (`db.begin`), so whatever a writer does
+while it holds the lock is time every other writer waits. Converting a row for the driver
+(JSON to text, an aware datetime to what the dialect stores, a column default filled in) costs
+more than the database's own work of inserting it, and it needs nothing the transaction knows.
+Intake therefore converts each proposal's rows when the request arrives, and the group commit
+hands the finished tuples to the driver's executemany.
+
+The conversion is SQLAlchemy's own: each column's bind processor for the dialect, and its
+scalar default for a value not given, so a row stored this way reads back exactly as one
+stored with `table.insert()` (a test checks it on SQLite and PostgreSQL).
+
+On SQLite the driver (aiosqlite) runs each call on the connection's own thread, and SQLAlchemy's
+cursor makes three or four such calls per statement (open the cursor, execute, fetch, close).
+Each call waits for a turn of the event loop, which under load is busy with the requests in
+flight, so a transaction holds the write lock for many turns. `executemany`, `scalar` and
+`fetch_all` below send a statement as one driver call; errors still arrive as SQLAlchemy's
+exceptions, and values as SQLAlchemy's types make them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select, Table, text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+_MISSING = object()
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class PreparedInsert:
+    """`INSERT INTO table (every column) VALUES (...)`, compiled once for a dialect."""
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        auto = table.autoincrement_column
+        columns = [c for c in table.columns if c is not auto]
+        compiled = (
+            table.insert().inline().compile(dialect=dialect, column_keys=[c.key for c in columns])
+        )
+        if not compiled.positional or compiled.positiontup is None:
+            raise ValueError(f"{dialect.name}: prepared inserts need a positional paramstyle")
+        by_key = {c.key: c for c in columns}
+        self.table = table
+        self.sql = compiled.string
+        self.keys: tuple[str, ...] = tuple(compiled.positiontup)
+        self._processors: list[Callable[[Any], Any]] = []
+        # What a column that a row leaves out gets: its default, converted, or SQL NULL (not a
+        # JSON column's 'null', which is what converting None would give).
+        absent: list[Any] = []
+        for key in self.keys:
+            column = by_key[key]
+            process = column.type.dialect_impl(dialect).bind_processor(dialect) or _same
+            self._processors.append(process)
+            default = column.default
+            if default is None:
+                absent.append(None)
+            elif default.is_scalar:
+                absent.append(process(default.arg))  # type: ignore[attr-defined]
+            else:
+                raise ValueError(f"{table.name}.{key}: only scalar column defaults can be prepared")
+        self._plan = list(zip(self.keys, self._processors, absent, strict=True))
+
+    def position(self, key: str) -> int:
+        return self.keys.index(key)
+
+    def processor(self, key: str) -> Callable[[Any], Any]:
+        return self._processors[self.position(key)]
+
+    def encode(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The driver's parameters for one row; a column not given takes its default."""
+        unknown = row.keys() - set(self.keys)
+        if unknown:
+            raise KeyError(f"{self.table.name} has no column(s) {', '.join(sorted(unknown))}")
+        return tuple(
+            absent if (value := row.get(key, _MISSING)) is _MISSING else process(value)
+            for key, process, absent in self._plan
+        )
+
+    async def run(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            await executemany(conn, self.sql, rows)
+
+
+async def _sqlite_driver(conn: AsyncConnection) -> Any:
+    return (await conn.get_raw_connection()).driver_connection
+
+
+def _translated(conn: AsyncConnection, sql: str, exc: Exception) -> DBAPIError:
+    dialect = conn.dialect
+    return DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect)  # type: ignore[return-value]
+
+
+async def executemany(conn: AsyncConnection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`sql` (in the dialect's paramstyle) once per row, in the transaction `conn` is in."""
+    if conn.dialect.name != "sqlite":
+        await conn.exec_driver_sql(sql, list(rows))
+        return
+    driver = await _sqlite_driver(conn)
+    try:
+        await driver.executemany(sql, rows)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _translated(conn, sql, exc) from exc
+
+
+async def fetch_all(conn: AsyncConnection, statement: Select[Any]) -> list[dict[str, Any]]:
+    """The rows of a SELECT of plain columns, as dicts by column name. Its parameters must be
+    strings or numbers (they reach the driver as they are)."""
+    if conn.dialect.name != "sqlite":
+        return [dict(row._mapping) for row in await conn.execute(statement)]
+    dialect = conn.dialect
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    if not all(value is None or isinstance(value, str | int | float) for value in params):
+        raise TypeError("fetch_all takes parameters the driver needs no conversion for")
+    columns = [
+        (str(c.key), c.type.dialect_impl(dialect).result_processor(dialect, None))
+        for c in statement.selected_columns
+    ]
+    driver = await _sqlite_driver(conn)
+    try:
+        rows = await driver.execute_fetchall(compiled.string, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _translated(conn, compiled.string, exc) from exc
+    return [
+        {
+            key: process(value) if process else value
+            for (key, process), value in zip(columns, row, strict=True)
+        }
+        for row in rows
+    ]
+
+
+async def scalar(conn: AsyncConnection, sql: str) -> Any:
+    """The first column of the first row of a parameterless query, or None."""
+    if conn.dialect.name != "sqlite":
+        return await conn.scalar(text(sql))
+    driver = await _sqlite_driver(conn)
+    try:
+        rows = await driver.execute_fetchall(sql)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _translated(conn, sql, exc) from exc
+    for row in rows:
+        return row[0]
+    return None
