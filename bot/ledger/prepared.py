@@ -52,6 +52,7 @@ class PreparedInsert:
         self.table = table
         self.sql = compiled.string
         self.keys: tuple[str, ...] = tuple(compiled.positiontup)
+        self._known = frozenset(self.keys)
         self._processors: list[Callable[[Any], Any]] = []
         # What a column that a row leaves out gets: its default, converted, or SQL NULL (not a
         # JSON column's 'null', which is what converting None would give).
@@ -77,7 +78,7 @@ class PreparedInsert:
 
     def encode(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The driver's parameters for one row; a column not given takes its default."""
-        unknown = row.keys() - set(self.keys)
+        unknown = row.keys() - self._known
         if unknown:
             raise KeyError(f"{self.table.name} has no column(s) {', '.join(sorted(unknown))}")
         return tuple(
