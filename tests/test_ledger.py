@@ -278,7 +278,7 @@ async def test_prepared_rows_read_back_as_rows_inserted_by_sqlalchemy(ledger):
     assert mine["proposed"] == {"nested": [1, None, "é"]} and mine["has_shown"] is False
     # `observed` was given as None (JSON null); `before` was left out (SQL NULL), as with insert().
     assert sorted(left_out) == sorted([change["id"], change_twin["id"]])
-    with pytest.raises(KeyError, match="no column"):
+    with pytest.raises(KeyError, match="has no column"):
         prepared["changes"].encode({**change, "colour": "red"})
 
 

@@ -30,8 +30,6 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-_MISSING = object()
-
 
 def _same(value: Any) -> Any:
     return value
@@ -52,7 +50,6 @@ class PreparedInsert:
         self.table = table
         self.sql = compiled.string
         self.keys: tuple[str, ...] = tuple(compiled.positiontup)
-        self._known = frozenset(self.keys)
         self._processors: list[Callable[[Any], Any]] = []
         # What a column that a row leaves out gets: its default, converted, or SQL NULL (not a
         # JSON column's 'null', which is what converting None would give).
@@ -68,23 +65,25 @@ class PreparedInsert:
                 absent.append(process(default.arg))  # type: ignore[attr-defined]
             else:
                 raise ValueError(f"{table.name}.{key}: only scalar column defaults can be prepared")
-        self._plan = list(zip(self.keys, self._processors, absent, strict=True))
+        self._absent = tuple(absent)
+        self._index = {key: i for i, key in enumerate(self.keys)}
 
     def position(self, key: str) -> int:
-        return self.keys.index(key)
+        return self._index[key]
 
     def processor(self, key: str) -> Callable[[Any], Any]:
         return self._processors[self.position(key)]
 
     def encode(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The driver's parameters for one row; a column not given takes its default."""
-        unknown = row.keys() - self._known
-        if unknown:
-            raise KeyError(f"{self.table.name} has no column(s) {', '.join(sorted(unknown))}")
-        return tuple(
-            absent if (value := row.get(key, _MISSING)) is _MISSING else process(value)
-            for key, process, absent in self._plan
-        )
+        values = list(self._absent)
+        index, processors = self._index, self._processors
+        for key, value in row.items():
+            i = index.get(key)
+            if i is None:
+                raise KeyError(f"{self.table.name} has no column {key!r}")
+            values[i] = processors[i](value)
+        return tuple(values)
 
     async def run(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
         if rows:
