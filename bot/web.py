@@ -7,8 +7,10 @@ an agent can cause is a 4xx with a JSON body naming the problem.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from bot import jsontext
 from bot.domain import ChangeDetail, ProposalDetail, ProposalIn
 from bot.engine.intake import ProposalRejected
 from bot.ledger.repo import Agent, IdempotencyMismatch
@@ -30,6 +33,36 @@ GATE: web.AppKey[Gate] = web.AppKey("gate")
 MAX_KEY_LENGTH = 255
 AGENT_CACHE_SECONDS = 5.0
 
+json_response = functools.partial(web.json_response, dumps=jsontext.dumps)
+
+
+class NonFinite(ValueError):
+    """A number JSON cannot hold: Python's parser takes `NaN`, `Infinity` and `1e999`, which
+    no CRM would accept and a PostgreSQL JSON column refuses."""
+
+
+def _not_a_number(name: str) -> float:
+    raise NonFinite(f"{name} is not a JSON value")
+
+
+class OutOfRange(ValueError):
+    """An integer beyond 64 bits: SQLite would store it as a float, and no CRM number field
+    holds it exactly."""
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise OutOfRange(f"the integer {text[:40]} is beyond 64-bit integers; send it as a string")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFinite(f"the number {text[:40]} is too large")
+    return value
+
 
 def error(
     status: int, code: str, message: str, field: str | None = None, **extra: Any
@@ -37,7 +70,7 @@ def error(
     detail: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         detail["field"] = field
-    return web.json_response({"error": detail, **extra}, status=status)
+    return json_response({"error": detail, **extra}, status=status)
 
 
 @web.middleware
@@ -134,7 +167,11 @@ async def post_proposal(request: web.Request) -> web.Response:
             413, "body_too_large", f"the body is {len(raw)} bytes; at most {limit} are accepted"
         )
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_a_number, parse_float=_finite, parse_int=_int64)
+    except NonFinite as exc:
+        return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+    except OutOfRange as exc:
+        return error(422, "invalid_body", str(exc))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         where = (
             f" at line {exc.lineno} column {exc.colno}"
@@ -168,7 +205,7 @@ async def post_proposal(request: web.Request) -> web.Response:
             "idempotency_key_reused",
             "this Idempotency-Key was used with a different request body; use a new key for a new proposal",
         )
-    resp = web.json_response(stored.body, status=stored.status)
+    resp = json_response(stored.body, status=stored.status)
     if stored.replayed:
         resp.headers["Idempotent-Replayed"] = "true"
     return resp
@@ -184,7 +221,7 @@ async def get_proposal(request: web.Request) -> web.Response:
     # Agents see their own proposals only; another agent's id is as good as unknown.
     if row is None or row["agent_id"] != agent.id:
         return error(404, "not_found", f"no proposal {proposal_id!r}")
-    return web.json_response(proposal_detail(row).model_dump(mode="json"))
+    return json_response(proposal_detail(row).model_dump(mode="json"))
 
 
 def proposal_detail(row: dict[str, Any]) -> ProposalDetail:
@@ -226,7 +263,7 @@ def proposal_detail(row: dict[str, Any]) -> ProposalDetail:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return json_response(openapi_document())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -248,7 +285,7 @@ async def shadow_report(request: web.Request) -> web.Response:
         return error(400, "invalid_since", f"since: {exc}", "since")
     since = utcnow() - window
     reports = await gate.shadow.report(since)
-    return web.json_response(report_json(reports, since, await live_report(gate.ledger, since)))
+    return json_response(report_json(reports, since, await live_report(gate.ledger, since)))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -256,8 +293,8 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         await gate.ledger.ping()
     except Exception as exc:  # any database failure makes the replica unhealthy
-        return web.json_response({"status": "unhealthy", "database": str(exc)[:200]}, status=503)
-    return web.json_response(
+        return json_response({"status": "unhealthy", "database": str(exc)[:200]}, status=503)
+    return json_response(
         {"status": "ok", "crm": gate.settings.crm, "sandbox": gate.settings.crm_sandbox}
     )
 

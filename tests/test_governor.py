@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.crm.hubspot import HubSpotCRM
@@ -17,7 +18,7 @@ from bot.crm.salesforce import SalesforceCRM
 from bot.engine.governor import GovernedCRM, requests_per_call
 from bot.engine.ports import Activity, CRMError, CRMErrorKind, FieldSchema, Owner, RecordState
 from bot.ledger.budget import MemoryBudgetStore, SqlBudgetStore, budget_table
-from bot.ledger.db import make_engine
+from bot.ledger.db import begin, make_engine
 
 BATCH_READ = "/crm/v3/objects/deals/batch/read"
 BATCH_UPDATE = "/crm/v3/objects/deals/batch/update"
@@ -151,6 +152,43 @@ async def test_sql_store_is_one_budget_for_every_replica(database_url: str) -> N
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_a_take_that_must_wait_needs_no_write_lock(database_url: str) -> None:
+    """A spent budget is polled by every job of every replica: each poll that ends in "wait"
+    must not queue for the write lock (SQLite) or the row's lock (PostgreSQL)."""
+    engine = await budget_engine(database_url)
+    try:
+        store = SqlBudgetStore(engine)
+        kw: dict[str, Any] = {"rate": 1.0, "capacity": 1.0, "daily_limit": None}
+        assert await store.take("hubspot", now=T0, **kw) == 0.0
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold_the_lock() -> None:
+            async with begin(engine) as conn:
+                await conn.execute(
+                    select(budget_table).where(budget_table.c.name == "hubspot").with_for_update()
+                )
+                held.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold_the_lock())
+        await held.wait()
+        try:
+            wait = await asyncio.wait_for(store.take("hubspot", now=T0, **kw), 5)
+            assert wait == pytest.approx(1.0)
+            # One that may succeed takes the lock, and so waits for the holder.
+            taking = asyncio.create_task(store.take("hubspot", now=T0 + timedelta(seconds=1), **kw))
+            await asyncio.sleep(0.3)
+            assert not taking.done()
+        finally:
+            release.set()
+            await holder
+        assert await taking == 0.0
+        state = await store.state("hubspot")
+        assert state is not None and state.used_today == 2
+    finally:
+        await engine.dispose()
 
 
 # --- the window guarantee, through the HubSpot adapter -------------------------------------------

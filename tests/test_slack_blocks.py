@@ -615,6 +615,7 @@ def test_parse_edit_submission_turns_inputs_into_values() -> None:
         ("chg:c2", txt("lots", "number_input"), "Enter a number."),
         ("chg:c2", txt("1e999", "number_input"), "Enter a number."),
         ("chg:c2", txt("NaN", "number_input"), "Enter a number."),
+        ("chg:c2", txt("12345678901234567890", "number_input"), "Enter a number of at most 18 digits."),
         ("chg:c2", txt(None, "number_input"), "Enter a number."),
         ("chg:c3", day("2027/02/01"), "Enter a date as YYYY-MM-DD."),
         ("chg:c3", day("2027-02-30"), "Enter a date as YYYY-MM-DD."),

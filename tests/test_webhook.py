@@ -336,6 +336,12 @@ async def _raw_post(server, data: bytes | str, *, headers: dict[str, str] | None
     [
         (b'{"object": "deals", ', 400, "malformed_json", "not valid JSON"),
         (b"\xff\xfe", 400, "malformed_json", "not valid JSON"),
+        # Python's parser takes these; JSON, the CRMs and PostgreSQL's JSON columns do not.
+        (b'{"object": "deals", "record_id": "1", "changes": {"amount": NaN}}', 400, "malformed_json", "NaN is not a JSON value"),
+        (b'{"object": "deals", "record_id": "1", "changes": {"amount": -Infinity}}', 400, "malformed_json", "-Infinity"),
+        (b'{"object": "deals", "record_id": "1", "changes": {"amount": 1e999}}', 400, "malformed_json", "1e999 is too large"),
+        # SQLite would store it as a float, and no CRM number field holds it exactly.
+        (b'{"object": "deals", "record_id": "1", "changes": {"amount": 123456789012345678901234567890}}', 422, "invalid_body", "64-bit"),
         (b"[1, 2]", 422, "invalid_body", "JSON object"),
         (json.dumps({"record_id": "1", "changes": {"description": "x"}}), 422, "invalid_body", "object"),
         (json.dumps({"object": "deals", "record_id": "1", "changes": {"description": {"a": 1}}}), 422, "invalid_body", "changes.description"),

@@ -168,6 +168,8 @@ class SqlBudgetStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Looks without a transaction: on SQLite they never wait for (or take) the write lock.
+        self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def take(
         self,
@@ -179,6 +181,18 @@ class SqlBudgetStore:
         now: datetime,
         cost: int = 1,
     ) -> float:
+        # A look first, without the lock. A take that has to wait stores nothing worth keeping
+        # (the refill is a function of the row and the clock), so only one that may succeed
+        # opens a write transaction: a job polling a spent budget never queues for the lock.
+        # The look can only be older than the row, and every later write to it (a take, a
+        # pause) makes the wait longer, never shorter: when the look says wait, so would the row.
+        seen = await self.state(name)
+        if seen is not None:
+            _, wait = decide(
+                seen, rate=rate, capacity=capacity, daily_limit=daily_limit, now=now, cost=cost
+            )
+            if wait > 0:
+                return wait
         initial = BudgetState(
             tokens=float(capacity), updated_at=_utc(now), day=_utc(now).date(), used_today=0
         )
@@ -196,7 +210,7 @@ class SqlBudgetStore:
             await self._save(conn, name, before, paused(before, until=until))
 
     async def state(self, name: str) -> BudgetState | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (
                 (await conn.execute(select(budget_table).where(budget_table.c.name == name)))
                 .mappings()

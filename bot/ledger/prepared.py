@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, Table, text
+from sqlalchemy import DateTime, Select, Table, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,10 +35,39 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _remember_last(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`process` for a column of immutable values (datetimes), remembering its last answer: a
+    proposal's rows carry one timestamp in several columns, and converting it is the dearest
+    part of encoding a row."""
+    last: list[Any] = [None, None]
+
+    def convert(value: Any) -> Any:
+        if value is not last[0] or value is None:
+            last[0], last[1] = value, process(value)
+        return last[1]
+
+    return convert
+
+
+def _is_datetime(column: Any) -> bool:
+    kind = column.type
+    return isinstance(kind, DateTime) or isinstance(getattr(kind, "impl_instance", None), DateTime)
+
+
+def prepared_inserts(tables: Sequence[Table], dialect: Dialect) -> dict[str, PreparedInsert]:
+    """A `PreparedInsert` per table, by name, converting a timestamp once for all of them."""
+    shared: dict[str, Callable[[Any], Any]] = {}
+    return {table.name: PreparedInsert(table, dialect, shared) for table in tables}
+
+
 class PreparedInsert:
     """`INSERT INTO table (every column) VALUES (...)`, compiled once for a dialect."""
 
-    def __init__(self, table: Table, dialect: Dialect) -> None:
+    def __init__(
+        self, table: Table, dialect: Dialect, shared: dict[str, Callable[[Any], Any]] | None = None
+    ) -> None:
+        """`shared`: datetime conversions by column type, for inserts that take the same
+        timestamps (one proposal's rows in several tables); see `prepared_inserts`."""
         auto = table.autoincrement_column
         columns = [c for c in table.columns if c is not auto]
         compiled = (
@@ -50,19 +79,26 @@ class PreparedInsert:
         self.table = table
         self.sql = compiled.string
         self.keys: tuple[str, ...] = tuple(compiled.positiontup)
-        self._processors: list[Callable[[Any], Any]] = []
+        # None where the driver takes the value as it is: no call at all for most columns.
+        self._processors: list[Callable[[Any], Any] | None] = []
         # What a column that a row leaves out gets: its default, converted, or SQL NULL (not a
         # JSON column's 'null', which is what converting None would give).
         absent: list[Any] = []
         for key in self.keys:
             column = by_key[key]
-            process = column.type.dialect_impl(dialect).bind_processor(dialect) or _same
+            process: Callable[[Any], Any] | None = column.type.dialect_impl(dialect).bind_processor(
+                dialect
+            )
+            if process is not None and _is_datetime(column):
+                memo = {} if shared is None else shared
+                process = memo.setdefault(repr(column.type), _remember_last(process))
             self._processors.append(process)
             default = column.default
             if default is None:
                 absent.append(None)
             elif default.is_scalar:
-                absent.append(process(default.arg))  # type: ignore[attr-defined]
+                arg = default.arg  # type: ignore[attr-defined]
+                absent.append(arg if process is None else process(arg))
             else:
                 raise ValueError(f"{table.name}.{key}: only scalar column defaults can be prepared")
         self._absent = tuple(absent)
@@ -72,7 +108,7 @@ class PreparedInsert:
         return self._index[key]
 
     def processor(self, key: str) -> Callable[[Any], Any]:
-        return self._processors[self.position(key)]
+        return self._processors[self.position(key)] or _same
 
     def encode(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The driver's parameters for one row; a column not given takes its default."""
@@ -82,7 +118,8 @@ class PreparedInsert:
             i = index.get(key)
             if i is None:
                 raise KeyError(f"{self.table.name} has no column {key!r}")
-            values[i] = processors[i](value)
+            process = processors[i]
+            values[i] = value if process is None else process(value)
         return tuple(values)
 
     async def run(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring
 from typing import Any
 
 from sqlalchemy import Text, and_, bindparam, case, cast, func, or_, select, text, update
@@ -25,7 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot.domain import ChangeStatus
 from bot.ledger import prepared
 from bot.ledger.db import begin
-from bot.ledger.prepared import PreparedInsert
 from bot.ledger.tables import (
     agents,
     alerts,
@@ -63,6 +63,11 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
+
+
+def _canonical_str(value: str | None) -> str:
+    """`canonical_json` of a string or None, without the encoder's dispatch."""
+    return "null" if value is None else encode_basestring(value)
 
 
 def hash_key(key: str) -> str:
@@ -285,10 +290,9 @@ class Ledger:
         # Reads need no transaction: on SQLite they then never wait for the write lock.
         self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.dialect = engine.dialect.name
-        self._insert = {
-            table.name: PreparedInsert(table, engine.dialect)
-            for table in (proposals, changes, idempotency_keys, alerts, audit_events)
-        }
+        self._insert = prepared.prepared_inserts(
+            (proposals, changes, idempotency_keys, alerts, audit_events), engine.dialect
+        )
         audit_insert = self._insert[audit_events.name]
         self._audit_at = audit_insert.processor("at")
         self._audit_slots = tuple(audit_insert.position(k) for k in ("at", "prev_hash", "hash"))
@@ -321,14 +325,14 @@ class Ledger:
         )
         values[self._audit_data_slot] = data  # the JSON column's text: the hash's own encoding
         return PreparedEvent(
-            head='{"actor":' + canonical_json(event.actor) + ',"at":',
+            head='{"actor":' + _canonical_str(event.actor) + ',"at":',
             middle=(
-                ',"change_id":' + canonical_json(event.change_id)
+                ',"change_id":' + _canonical_str(event.change_id)
                 + ',"data":' + data
-                + ',"kind":' + canonical_json(event.kind)
+                + ',"kind":' + _canonical_str(event.kind)
                 + ',"prev":'
             ),
-            tail=',"proposal_id":' + canonical_json(event.proposal_id) + "}",
+            tail=',"proposal_id":' + _canonical_str(event.proposal_id) + "}",
             values=tuple(values),
         )  # fmt: skip
 

@@ -740,6 +740,9 @@ def _coerce(raw: Any, spec: FieldSpec) -> Any:
         if number is None or not number.is_finite() or number.adjusted() > 30:
             raise ValueError("Enter a number.")
         if number == number.to_integral_value():
+            # Beyond 64 bits the ledger (SQLite) and the CRM's number fields would round it.
+            if not -(2**63) <= int(number) < 2**63:
+                raise ValueError("Enter a number of at most 18 digits.")
             return int(number)
         return float(number)
     if not _DATE.fullmatch(raw):
