@@ -64,6 +64,15 @@ def _finite(text: str) -> float:
     return value
 
 
+# One decoder for every request: `json.loads` with hooks builds a new one each time.
+_DECODER = json.JSONDecoder(parse_constant=_not_a_number, parse_float=_finite, parse_int=_int64)
+
+
+def parse_json(raw: bytes) -> Any:
+    """`json.loads` (any of the encodings it detects), refusing numbers JSON cannot hold."""
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
 def error(
     status: int, code: str, message: str, field: str | None = None, **extra: Any
 ) -> web.Response:
@@ -167,7 +176,7 @@ async def post_proposal(request: web.Request) -> web.Response:
             413, "body_too_large", f"the body is {len(raw)} bytes; at most {limit} are accepted"
         )
     try:
-        body = json.loads(raw, parse_constant=_not_a_number, parse_float=_finite, parse_int=_int64)
+        body = parse_json(raw)
     except NonFinite as exc:
         return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
     except OutOfRange as exc:

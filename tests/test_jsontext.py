@@ -53,3 +53,21 @@ def test_what_orjson_refuses_goes_to_the_standard_library_exactly():
     assert json.loads(jsontext.dumps(huge)) == huge
     keyed = {1: "one", "é": "two"}
     assert jsontext.dumps(keyed) == '{"1": "one", "é": "two"}'
+
+
+def test_canonical_json_never_changes_for_any_value():
+    """Audit hashes and request fingerprints are taken of `canonical_json`: whichever encoder
+    writes it, the text must be the standard library's with sorted keys and no spaces."""
+    from bot.ledger.repo import canonical_json
+
+    def reference(value: object) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+    rng = random.Random(11)
+    flat = [None, True, False, 0, -7, 2**63 - 1, -(2**63), 2**64, "", 'a "b"\\\n\t\x00\x7f\u2028é😀']
+    for _ in range(5000):
+        value = _value(rng)
+        assert canonical_json(value) == reference(value), value
+        keys = ["", "a", "B", "é", "😀", "\uffff", "z" * 3, "\x00"]
+        plain = {rng.choice(keys): rng.choice(flat) for _ in range(rng.randrange(6))}
+        assert canonical_json(plain) == reference(plain), plain

@@ -184,18 +184,19 @@ async def test_the_hot_queries_walk_an_index_rather_than_scan_the_ledger(sqlite_
     from bot.ledger.db import make_engine, upgrade
     from bot.ledger.repo import (
         _UNSYNCED,
+        Ledger,
         _interrupted,
         _lease_query,
         _queued,
-        _stored_answers,
         utcnow,
     )
 
     engine = make_engine(sqlite_url)
     await upgrade(engine)
     now = utcnow()
+    lookup = Ledger(engine)._stored_answers
     queries = {
-        "idempotency lookup": _stored_answers(["agt_1"], ["k1", "k2"]),
+        "idempotency lookup": lookup.statement(["agt_1"], ["k1", "k2"]),
         "claim queued": _lease_query(changes, _queued(now), (changes.c.created_at, changes.c.seq), 100),
         "claim interrupted": _lease_query(changes, _interrupted(now), (changes.c.lease_expires,), 100),
     }
@@ -213,6 +214,11 @@ async def test_the_hot_queries_walk_an_index_rather_than_scan_the_ledger(sqlite_
             async with engine.connect() as conn:
                 plan = " | ".join(str(row[-1]) for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
             assert "ix_proposals_unsynced" in plan, (name, plan)
+        # The text intake sends SQLite for the same lookup.
+        async with engine.connect() as conn:
+            sql = lookup.sql(["agt_1"], ["k1", "k2"])
+            plan = " | ".join(str(row[-1]) for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, ("agt_1", "k1", "k2")))
+        assert "USING INDEX" in plan and "SCAN" not in plan, plan
     finally:
         await engine.dispose()
 

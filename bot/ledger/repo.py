@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
 from typing import Any
 
+import orjson
 from sqlalchemy import Text, and_, bindparam, case, cast, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,8 +42,8 @@ from bot.ledger.tables import (
 
 GENESIS = "0" * 64
 _CHAIN_END = "SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1"  # the hash a new event follows
-INTAKE_BATCH = 200
-OPEN_REVIEW_STATES = ("pending", "unroutable")  # a reviewer can decide these  # proposals stored in one transaction at most
+INTAKE_BATCH = 200  # proposals stored in one transaction at most
+OPEN_REVIEW_STATES = ("pending", "unroutable")  # a reviewer can decide these
 CALLBACK_OUTCOMES = frozenset({"committed", "conflict", "failed", "rejected", "expired"})
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -61,7 +62,19 @@ def new_id(prefix: str) -> str:
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+_FLAT = frozenset({str, int, bool, type(None)})
+
+
 def canonical_json(value: Any) -> str:
+    """Keys sorted, no spaces, UTF-8 as it is: the text audit hashes and request fingerprints
+    are taken of, so it must never change. A flat dict of strings, integers, booleans and nulls
+    (most audit events) is written by orjson, which writes exactly this for them (a test holds
+    the two equal) in a fraction of the time; anything else by the standard library."""
+    if type(value) is dict and all(type(k) is str and type(v) in _FLAT for k, v in value.items()):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:  # an integer beyond 64 bits
+            pass
     return _CANONICAL.encode(value)
 
 
@@ -234,12 +247,9 @@ def _commit_claimable(now: datetime) -> Any:
     return or_(_queued(now), _interrupted(now))
 
 
-def _stored_answers(agent_ids: Sequence[str], keys: Sequence[str]) -> Any:
-    """The stored answers for idempotency keys. The primary key is (agent_id, key): naming the
-    agents lets the lookup use it instead of scanning every key ever stored."""
-    return select(idempotency_keys).where(
-        idempotency_keys.c.agent_id.in_(list(agent_ids)), idempotency_keys.c.key.in_(list(keys))
-    )
+# The stored answers for idempotency keys. The primary key is (agent_id, key): naming the
+# agents lets the lookup use it instead of scanning every key ever stored.
+_STORED_ANSWERS = ("agent_id", "key")
 
 
 def _lease_query(table: Any, condition: Any, order_by: Sequence[Any], limit: int) -> Any:
@@ -292,6 +302,9 @@ class Ledger:
         self.dialect = engine.dialect.name
         self._insert = prepared.prepared_inserts(
             (proposals, changes, idempotency_keys, alerts, audit_events), engine.dialect
+        )
+        self._stored_answers = prepared.PreparedLookup(
+            idempotency_keys, _STORED_ANSWERS, engine.dialect
         )
         audit_insert = self._insert[audit_events.name]
         self._audit_at = audit_insert.processor("at")
@@ -566,7 +579,7 @@ class Ledger:
         async with begin(self.engine) as conn:
             existing: dict[tuple[str, str], dict[str, Any]] = {}
             for i in range(0, len(keys), 500):
-                rows = await prepared.fetch_all(conn, _stored_answers(agent_ids, keys[i : i + 500]))
+                rows = await self._stored_answers.fetch(conn, agent_ids, keys[i : i + 500])
                 existing.update({(r["agent_id"], r["key"]): r for r in rows})
             first: dict[tuple[str, str], _PendingProposal] = {}
             fresh: list[_PendingProposal] = []
