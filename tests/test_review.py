@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -479,6 +480,43 @@ async def test_an_alert_burst_becomes_digests_and_loses_nothing(server):
 
 async def _unsent_is_zero(server) -> bool:
     return await server.gate.ledger.unsent_alerts() == 0
+
+
+async def test_a_burst_of_reviews_does_not_make_the_review_loop_poll_once_per_proposal(make_server):
+    """Intake wakes the review loop for every reviewed proposal. While the pace says wait, the
+    loop must not ask it again at each wake, and expiry and reminders (due by the clock alone)
+    are looked for once per interval: under load these looks were most of the loop's work."""
+    from sqlalchemy import event
+
+    server = await make_server(review_budget_share=0.02)
+    server.slack.message_rate = None
+    engine = server.gate.ledger.engine
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        seen.append((statement, parameters))
+
+    for i in range(30):
+        server.crm_stand_in.add_record("deals", {"dealname": f"B{i}", "dealstage": "appointmentscheduled", "hubspot_owner_id": "101"}, record_id=f"620{i:02d}")
+    # The first pass goes at once and spends the pace; the burst then arrives while it waits.
+    _, first = await server.propose({"object": "deals", "record_id": "62000", "changes": {"dealstage": "qualifiedtobuy"}})
+    await review_dm(server, AVA, first["id"])
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    started = time.monotonic()
+    try:
+        for i in range(1, 30):  # one at a time: each is a wake of its own
+            status, _ = await server.propose({"object": "deals", "record_id": f"620{i:02d}", "changes": {"dealstage": "qualifiedtobuy"}})
+            assert status == 202
+        await asyncio.sleep(0.3)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    elapsed = time.monotonic() - started
+    pace_looks = [p for s, p in seen if "FROM crm_budget" in s and "hubspot:review" in str(p)]
+    expiry_looks = [s for s, _ in seen if "proposals.expires_at <" in s]
+    assert len(pace_looks) <= 2, pace_looks
+    ticks = elapsed / server.gate.reviews.interval  # one look per interval, and one to start
+    assert ticks + 2 < 29, f"the burst took {elapsed:.1f}s: too slow to tell wakes from ticks"
+    assert len(expiry_looks) <= ticks + 2, (len(expiry_looks), elapsed)
 
 
 async def test_reviews_claimed_together_share_their_crm_reads(make_server):

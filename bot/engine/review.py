@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -81,19 +82,30 @@ class Reviews:
         self._clock: Callable[[], float] = time.monotonic
         # Spaces routing passes under load (see `bot.engine.governor.Pace`); None: no spacing.
         self.pace: Pace | None = None
+        self._route_after = -math.inf  # the pace's last answer: no pass before this (loop time)
 
     def wake(self) -> None:
         self._wake.set()
 
     # --- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        """Woken by new reviews, decisions and commit outcomes, and every `interval`. Expiry and
+        reminders fall due by the clock alone, so a wake runs them only when an interval has
+        passed: under load intake wakes this loop for every reviewed proposal."""
+        loop = asyncio.get_running_loop()
+        timed_at = -math.inf
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:
                 pass
             self._wake.clear()
-            for job in (self.paced_route, self.expire_due, self.remind_due, self.sync_messages):
+            jobs = [self.paced_route]
+            if loop.time() - timed_at >= self.interval:
+                timed_at = loop.time()
+                jobs += [self.expire_due, self.remind_due]
+            jobs.append(self.sync_messages)
+            for job in jobs:
                 try:
                     await job()
                 except Exception:
@@ -132,11 +144,17 @@ class Reviews:
         the reviews that arrive meanwhile are read from the CRM together."""
         if self.pace is None:
             return await self.route_pending()
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._route_after:
+            return 0  # the pace said when; its timer wakes the loop then
         if not await self.ledger.reviews_to_route():
             return 0
         wait = await self.pace.ready_in()
         if wait > 0:
-            asyncio.get_running_loop().call_later(wait, self._wake.set)
+            # A wait is never too long (see `SqlBudgetStore.take`): looking again sooner is
+            # pointless, however often new reviews wake the loop meanwhile.
+            self._route_after = loop.time() + wait
+            loop.call_later(wait, self._wake.set)
             return 0
         async with self.pace.spending():
             return await self.route_pending()
