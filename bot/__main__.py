@@ -54,9 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(**overrides)
     load_policy(settings.tiers_file)  # fail fast with file:line before anything starts
     setup_logging(settings.log_level)
+    from bot import loop
     from bot.app import serve
 
-    asyncio.run(serve(settings))
+    loop.run(serve(settings), settings.event_loop)
     return 0
 
 

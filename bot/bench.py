@@ -215,7 +215,11 @@ def bare_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot.bench bare")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    web.run_app(bare_app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
+    from bot.loop import new_loop
+
+    # The gate's own loop (EVENT_LOOP, bot/loop.py): the comparison is of the handlers alone.
+    event_loop = new_loop(os.environ.get("EVENT_LOOP", "auto").lower())
+    web.run_app(bare_app(), host="127.0.0.1", port=args.port, access_log=None, print=None, loop=event_loop)
     return 0
 
 
@@ -1140,8 +1144,11 @@ class Bench:
             ),
             Row("total wall time", f"{f.wall:.0f} s", "< 180 s with the defaults", f"phases of {o.seconds:g}s"),
         ]
+        from bot.loop import loop_factory
+
+        loop_name = "uvloop" if loop_factory(os.environ.get("EVENT_LOOP", "auto").lower()) else "asyncio"
         title = (
-            f"crm-gate bench: {db}, {replicas}, {o.agents} agents, CRM latency {o.crm_latency * 1000:.0f} ms, "
+            f"crm-gate bench: {db}, {replicas}, {loop_name} loop, {o.agents} agents, CRM latency {o.crm_latency * 1000:.0f} ms, "
             f"CRM limit {o.crm_limit} per {o.crm_window:g}s, {o.deals:,} deals; mix {MIX}"
         )
         return render_table(rows, title)

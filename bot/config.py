@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=3000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto: uvloop where it is installed, else asyncio's loop (see bot/loop.py)
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_changes_per_proposal: int = Field(default=50, ge=1, le=500)
     review_expiry: Duration = timedelta(hours=24)

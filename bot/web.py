@@ -303,8 +303,14 @@ async def healthz(request: web.Request) -> web.Response:
         await gate.ledger.ping()
     except Exception as exc:  # any database failure makes the replica unhealthy
         return json_response({"status": "unhealthy", "database": str(exc)[:200]}, status=503)
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
     return json_response(
-        {"status": "ok", "crm": gate.settings.crm, "sandbox": gate.settings.crm_sandbox}
+        {
+            "status": "ok",
+            "crm": gate.settings.crm,
+            "sandbox": gate.settings.crm_sandbox,
+            "event_loop": "uvloop" if loop == "uvloop" else "asyncio",
+        }
     )
 
 

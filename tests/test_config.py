@@ -114,6 +114,40 @@ def test_cli_stops_with_one_line_and_no_traceback(tmp_path):
     assert proc.stderr.strip() == "error: HUBSPOT_ACCESS_TOKEN is required when CRM=hubspot"
 
 
+def test_an_unknown_event_loop_stops_the_cli_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in CONTRACT_VARS}
+    env.update({"EVENT_LOOP": "trio"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "EVENT_LOOP" in proc.stderr and "auto" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_event_loop_is_uvloop_unless_asked_otherwise(monkeypatch):
+    import asyncio
+
+    import uvloop
+
+    from bot import loop
+    from bot.config import ConfigError
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert loop.run(which(), "auto").startswith("uvloop")
+    assert loop.run(which(), "uvloop").startswith("uvloop")
+    assert loop.run(which(), "asyncio").startswith("asyncio")
+    assert loop.loop_factory("auto") is uvloop.new_event_loop
+    with pytest.raises(ConfigError, match="expected one of auto, uvloop, asyncio"):
+        loop.run(which(), "trio")
+    # Where uvloop cannot be imported (Windows), auto falls back and uvloop is an error.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert loop.run(which(), "auto").startswith("asyncio")
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        loop.loop_factory("uvloop")
+
+
 def test_cli_names_tiers_file_line(tmp_path):
     bad = tmp_path / "tiers.yaml"
     bad.write_text("version: 1\nhubspot:\n  deals:\n    fields:\n      amount: maybe\n")

@@ -39,7 +39,9 @@ def test_make_run_answers_healthz_within_30_seconds(tmp_path):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
                     assert resp.status == 200
-                    assert json.loads(resp.read())["sandbox"] is True
+                    health = json.loads(resp.read())
+                    assert health["sandbox"] is True
+                    assert health["event_loop"] == "uvloop"  # a dependency on every platform but Windows
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() - started > 30:
