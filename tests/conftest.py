@@ -262,3 +262,12 @@ async def sf_server(sqlite_url: str, salesforce: Any, slack: Any) -> AsyncIterat
         yield running
     finally:
         await stop_gate(running, runner)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Tests run on the loop the service runs on (EVENT_LOOP, bot/loop.py): uvloop where it is
+    installed; `EVENT_LOOP=asyncio make test` runs them on asyncio's own loop."""
+    from bot.loop import loop_factory
+
+    factory = loop_factory(os.environ.get("EVENT_LOOP", "auto").lower())
+    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
