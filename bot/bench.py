@@ -1108,7 +1108,7 @@ class Bench:
             Row(
                 "RSS growth after warm-up",
                 ", ".join(f"{g:+.1f} %" for g in growth),
-                "< 10 %",
+                "- (grows with the load; --soak: < 10 %)",
                 "; ".join(
                     f"{w / 1024:.0f} MB after warm-up, "
                     + ", ".join(f"{kb[n] / 1024:.0f} after {name}" for name, kb in f.rss_steps)
