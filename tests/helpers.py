@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,10 @@ async def start_server(env: dict[str, str], port: int, cwd: Any) -> asyncio.subp
             await asyncio.sleep(0.1)
     proc.kill()
     raise AssertionError("the server did not start")
+
+
+def service_loop() -> str:
+    """The event loop `python -m bot serve` runs on here: uvloop unless EVENT_LOOP says otherwise."""
+    from bot.loop import loop_factory
+
+    return "uvloop" if loop_factory(os.environ.get("EVENT_LOOP", "auto").lower()) else "asyncio"

@@ -11,6 +11,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from helpers import service_loop
+
 from bot.bench import (
     MIX,
     ROW_LABELS,
@@ -47,7 +49,7 @@ def test_the_bench_runs_to_the_end_and_prints_every_figure() -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     for phase in range(1, 6):
         assert f"phase {phase}/5" in proc.stderr  # one progress line per phase
-    assert "SQLite, 1 replica, uvloop loop, 4 agents" in proc.stdout
+    assert f"SQLite, 1 replica, {service_loop()} loop, 4 agents" in proc.stdout
     rows = table_rows(proc.stdout)
     assert set(ROW_LABELS) <= set(rows), set(ROW_LABELS) - set(rows)
     for label in ROW_LABELS:

@@ -164,7 +164,6 @@ def test_cli_names_tiers_file_line(tmp_path):
 async def test_the_tests_run_on_the_loop_the_service_runs_on():
     import asyncio
 
-    from bot.loop import loop_factory
+    from helpers import service_loop
 
-    expected = "uvloop" if loop_factory(os.environ.get("EVENT_LOOP", "auto").lower()) else "asyncio"
-    assert type(asyncio.get_running_loop()).__module__.partition(".")[0] == expected
+    assert type(asyncio.get_running_loop()).__module__.partition(".")[0] == service_loop()
