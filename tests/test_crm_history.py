@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -285,6 +286,10 @@ async def test_salesforce_lookup_history_is_read_under_its_relationship_name(
 ) -> None:
     salesforce.track_field("Opportunity", "OwnerId")
     rid = salesforce.ids("Opportunity")[0]
+    # A clock that moves between any two readings: the save still files both rows at one moment.
+    ticks = itertools.count()
+    start = salesforce.now()
+    salesforce.now = lambda: start + timedelta(milliseconds=next(ticks))
     salesforce.human_edit("Opportunity", rid, "OwnerId", CHLOE.sf_user_id)
 
     history = await sf.read_history("Opportunity", [rid], ["OwnerId"])

@@ -958,7 +958,10 @@ class SalesforceStandIn(StandIn):
     ) -> None:
         obj = self.objects[sobject]
         user = user_id or self.api_user_id
-        stamp = format_dt(self.now())
+        # One save, one moment: every history row it files carries the same CreatedDate (a
+        # lookup's two rows are told apart from two changes by it).
+        moment = self.now()
+        stamp = format_dt(moment)
         if sobject == "Opportunity" and changes.get("StageName") in STAGES:
             changes = {**changes, "Probability": float(STAGES[changes["StageName"]])}
         for name, new in changes.items():
@@ -987,6 +990,7 @@ class SalesforceStandIn(StandIn):
                             "OldValue": old_value,
                             "NewValue": new_value,
                         },
+                        created=moment,
                         user_id=user,
                     )
         rec.update({"LastModifiedDate": stamp, "SystemModstamp": stamp, "LastModifiedById": user})
