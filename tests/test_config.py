@@ -104,22 +104,23 @@ def test_durations():
         parse_duration("two hours")
 
 
-def test_cli_stops_with_one_line_and_no_traceback(tmp_path):
+def serve_once(cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bot serve` with only `settings` of the contract's variables set."""
     env = {k: v for k, v in os.environ.items() if k not in CONTRACT_VARS}
-    env.update({"CRM": "hubspot"})
-    proc = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "serve"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
+
+
+def test_cli_stops_with_one_line_and_no_traceback(tmp_path):
+    proc = serve_once(tmp_path, CRM="hubspot")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: HUBSPOT_ACCESS_TOKEN is required when CRM=hubspot"
 
 
 def test_an_unknown_event_loop_stops_the_cli_with_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in CONTRACT_VARS}
-    env.update({"EVENT_LOOP": "trio"})
-    proc = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
+    proc = serve_once(tmp_path, EVENT_LOOP="trio")
     assert proc.returncode == 2
     assert "EVENT_LOOP" in proc.stderr and "auto" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -151,11 +152,7 @@ def test_the_event_loop_is_uvloop_unless_asked_otherwise(monkeypatch):
 def test_cli_names_tiers_file_line(tmp_path):
     bad = tmp_path / "tiers.yaml"
     bad.write_text("version: 1\nhubspot:\n  deals:\n    fields:\n      amount: maybe\n")
-    env = {k: v for k, v in os.environ.items() if k not in CONTRACT_VARS}
-    env["TIERS_FILE"] = str(bad)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
+    proc = serve_once(tmp_path, TIERS_FILE=str(bad))
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(f"error: {bad}:5: ")
     assert "Traceback" not in proc.stderr
