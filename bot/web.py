@@ -51,7 +51,8 @@ class OutOfRange(ValueError):
 
 
 def _int64(text: str) -> int:
-    value = int(text)
+    # Checked by length first: `int()` of thousands of digits is refused by Python itself.
+    value = int(text) if len(text) <= 20 else 2**64
     if not -(2**63) <= value < 2**63:
         raise OutOfRange(f"the integer {text[:40]} is beyond 64-bit integers; send it as a string")
     return value

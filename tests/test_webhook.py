@@ -342,6 +342,7 @@ async def _raw_post(server, data: bytes | str, *, headers: dict[str, str] | None
         (b'{"object": "deals", "record_id": "1", "changes": {"amount": 1e999}}', 400, "malformed_json", "1e999 is too large"),
         # SQLite would store it as a float, and no CRM number field holds it exactly.
         (b'{"object": "deals", "record_id": "1", "changes": {"amount": 123456789012345678901234567890}}', 422, "invalid_body", "64-bit"),
+        (b'{"object": "deals", "record_id": "1", "changes": {"amount": ' + b"9" * 5000 + b"}}", 422, "invalid_body", "64-bit"),
         (b"[1, 2]", 422, "invalid_body", "JSON object"),
         (json.dumps({"record_id": "1", "changes": {"description": "x"}}), 422, "invalid_body", "object"),
         (json.dumps({"object": "deals", "record_id": "1", "changes": {"description": {"a": 1}}}), 422, "invalid_body", "changes.description"),
